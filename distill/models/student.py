@@ -1,0 +1,129 @@
+"""Build a student from a teacher: a fresh config, or a subset of the teacher's layers.
+
+Every builder takes the teacher first, so a Hydra node ``{_target_: ..., layers: [0, 5]}`` is
+completed at run time with ``instantiate(cfg.student, teacher=teacher)``. The student inherits
+what must match for distillation: vocab, max positions, task and label mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+
+from transformers import BertConfig
+
+from distill.errors import DistillError
+from distill.models.bert import BertModel, BertPreTrainedModel
+
+log = logging.getLogger(__name__)
+
+
+def _encoder(model: BertPreTrainedModel) -> BertModel:
+    return model if isinstance(model, BertModel) else model.bert
+
+
+def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
+    """The teacher's config with ``changes`` applied (vocab, labels, positions carried over)."""
+    config = copy.deepcopy(teacher.config)
+    for key, value in changes.items():
+        if value is not None:
+            setattr(config, key, value)
+    config.name_or_path = ""
+    return config
+
+
+def student_from_config(
+    teacher: BertPreTrainedModel,
+    num_hidden_layers: int,
+    hidden_size: int,
+    num_attention_heads: int,
+    intermediate_size: int | None = None,
+    init_embeddings: bool = False,
+    attention_probs_dropout_prob: float | None = None,
+    hidden_dropout_prob: float | None = None,
+) -> BertPreTrainedModel:
+    """A randomly initialised student of the teacher's task (e.g. 4 layers × 128 hidden).
+
+    ``init_embeddings`` copies the teacher's embeddings (word, position, type, LayerNorm); it needs
+    ``hidden_size`` equal to the teacher's.
+    """
+    for name, value in (("num_hidden_layers", num_hidden_layers), ("hidden_size", hidden_size),
+                        ("num_attention_heads", num_attention_heads)):
+        if int(value) < 1:
+            raise DistillError(f"student {name}={value}; it must be a positive integer")
+    config = student_config(
+        teacher,
+        num_hidden_layers=num_hidden_layers,
+        hidden_size=hidden_size,
+        num_attention_heads=num_attention_heads,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        attention_probs_dropout_prob=attention_probs_dropout_prob,
+        hidden_dropout_prob=hidden_dropout_prob,
+    )
+    student = type(teacher)(config)
+    student.init_weights()
+    if init_embeddings:
+        copy_embeddings(student, teacher)
+    return student
+
+
+def copy_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -> None:
+    """Copy word/position/type embeddings and their LayerNorm; widths must match."""
+    hs, ht = student.config.hidden_size, teacher.config.hidden_size
+    if hs != ht:
+        raise DistillError(
+            f"init_embeddings needs equal widths but student hidden_size={hs}, teacher {ht}; "
+            "set init_embeddings=false or hidden_size to the teacher's"
+        )
+    _encoder(student).embeddings.load_state_dict(_encoder(teacher).embeddings.state_dict())
+
+
+def student_from_teacher(
+    teacher: BertPreTrainedModel,
+    layers: Sequence[int],
+    copy_head: bool = True,
+    attention_probs_dropout_prob: float | None = None,
+    hidden_dropout_prob: float | None = None,
+) -> BertPreTrainedModel:
+    """DistilBERT-style: the teacher's embeddings + the chosen layers (0-based) (+ pooler/head).
+
+    ``layers=[0, 5]`` of a 6-layer teacher gives a 2-layer student whose layer 1 is teacher layer 0
+    and layer 2 is teacher layer 5.
+    """
+    n_t = teacher.config.num_hidden_layers
+    layers = [int(i) for i in layers]
+    bad = [i for i in layers if not 0 <= i < n_t]
+    if not layers or bad:
+        raise DistillError(
+            f"student layers={layers} is impossible for a {n_t}-layer teacher; "
+            f"pick indices in 0..{n_t - 1}"
+        )
+    config = student_config(
+        teacher,
+        num_hidden_layers=len(layers),
+        attention_probs_dropout_prob=attention_probs_dropout_prob,
+        hidden_dropout_prob=hidden_dropout_prob,
+    )
+    student = type(teacher)(config)
+    student.init_weights()
+    enc_s, enc_t = _encoder(student), _encoder(teacher)
+    enc_s.embeddings.load_state_dict(enc_t.embeddings.state_dict())
+    for i_s, i_t in enumerate(layers):
+        enc_s.encoder.layer[i_s].load_state_dict(enc_t.encoder.layer[i_t].state_dict())
+    if copy_head:
+        own = student.state_dict()
+        head = {k: v for k, v in teacher.state_dict().items()
+                if not k.startswith(("bert.embeddings", "bert.encoder", "embeddings", "encoder"))
+                and k in own}
+        student.load_state_dict(head, strict=False)
+    log.info("student from teacher layers %s (%d of %d)", layers, len(layers), n_t)
+    return student
+
+
+def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
+    """Total parameters and those outside the embeddings (tied weights counted once)."""
+    params = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() for p in params.values())
+    emb = sum(p.numel() for p in _encoder(model).embeddings.parameters())
+    return {"total": total, "non_embedding": total - emb}

@@ -1,0 +1,29 @@
+"""What a model hands to the losses: one frozen record per forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModelOutputs:
+    """Outputs of :class:`distill.models.bert.BertModel` and its heads.
+
+    Attributes:
+        logits: (B, C) for sequence tasks, (B, T, C) for token tasks and masked-LM (C = vocab);
+            None for the bare encoder.
+        hidden_states: L+1 entries when requested, [0] = embeddings output, each (B, T, H).
+        attentions: L entries when requested, post-softmax probabilities (B, heads, T, T).
+        qkv: L entries when requested, each (query, key, value) of shape (B, heads, T, d).
+        attention_mask: (B, T), 1 = real token, 0 = padding.
+        last_hidden_state: (B, T, H), the encoder's final output (always present).
+    """
+
+    logits: Tensor | None = None
+    hidden_states: tuple[Tensor, ...] = ()
+    attentions: tuple[Tensor, ...] = ()
+    qkv: tuple[tuple[Tensor, Tensor, Tensor], ...] = ()
+    attention_mask: Tensor | None = None
+    last_hidden_state: Tensor | None = None

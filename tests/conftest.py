@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny random BERTs (hidden 32, 2 layers) and padded batches."""
+
+import os
+
+import pytest
+import torch
+from transformers import BertConfig
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def tiny_config(**changes) -> BertConfig:
+    base = dict(
+        vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=37, max_position_embeddings=64, num_labels=3,
+    )
+    base.update(changes)
+    config = BertConfig(**base)
+    config._attn_implementation = "eager"  # transformers' reference path for attention maps
+    return config
+
+
+def padded_batch(seed: int = 0, batch: int = 4, length: int = 11, vocab: int = 99):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):  # every row but the first is padded by a different amount
+        mask[row, length - 2 * row:] = 0
+    ids = ids.masked_fill(mask == 0, 0)
+    return ids, mask
+
+
+@pytest.fixture
+def config():
+    return tiny_config()

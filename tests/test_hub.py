@@ -1,0 +1,162 @@
+"""Checkpoint dirs in and out, students from teachers, and the one-line errors."""
+
+import json
+
+import pytest
+import torch
+import transformers
+
+from distill.errors import DistillError
+from distill.models import bert
+from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, save_pretrained
+from distill.models.student import count_parameters, student_from_config, student_from_teacher
+from tests.conftest import padded_batch, tiny_config
+
+AUTO = {
+    "sequence": transformers.AutoModelForSequenceClassification,
+    "token": transformers.AutoModelForTokenClassification,
+    "mlm": transformers.AutoModelForMaskedLM,
+}
+
+
+def _ours(task, seed=0):
+    torch.manual_seed(seed)
+    model = bert.TASK_CLASSES[task](tiny_config())
+    model.init_weights()
+    return model.eval()
+
+
+@pytest.mark.parametrize("task", ["sequence", "token", "mlm"])
+def test_ours_to_transformers_round_trip(tmp_path, task):
+    ours = _ours(task)
+    save_pretrained(ours, tmp_path / "m")
+    hf, info = AUTO[task].from_pretrained(tmp_path / "m", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    ids, mask = padded_batch(0)
+    with torch.no_grad():
+        a = ours(ids, mask).logits
+        b = hf.eval()(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    diff = (a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()
+    assert diff <= 1e-5
+
+
+@pytest.mark.parametrize("task", ["sequence", "token", "mlm"])
+def test_transformers_to_ours_round_trip(tmp_path, task):
+    torch.manual_seed(1)
+    hf = AUTO[task].from_config(tiny_config()).eval()
+    hf.save_pretrained(tmp_path / "hf")
+    ours = from_pretrained(tmp_path / "hf", task=task)
+    ids, mask = padded_batch(1)
+    with torch.no_grad():
+        a = ours(ids, mask).logits
+        b = hf(input_ids=ids, attention_mask=mask).logits
+    real = mask.bool()
+    assert ((a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()) <= 1e-5
+
+
+def test_pytorch_bin_is_read_with_weights_only(tmp_path):
+    ours = _ours("sequence")
+    save_pretrained(ours, tmp_path / "m")
+    (tmp_path / "m" / "model.safetensors").unlink()
+    torch.save(ours.state_dict(), tmp_path / "m" / "pytorch_model.bin")
+    again = from_pretrained(tmp_path / "m")
+    ids, mask = padded_batch(0)
+    assert torch.equal(again(ids, mask).logits, ours(ids, mask).logits)
+
+
+def test_packaged_minilm_loads_with_tokenizer():
+    model = from_pretrained(minilm_l6_path(), task="sequence", num_labels=2)
+    tok = load_tokenizer(minilm_l6_path())
+    assert model.config.num_hidden_layers == 6 and model.config.hidden_size == 384
+    assert tok.vocab_size == 30522 == model.config.vocab_size
+    assert tok("hello world")["input_ids"] == [101, 7592, 2088, 102]
+
+
+def test_student_from_teacher_copies_layers():
+    teacher = _ours("sequence")
+    student = student_from_teacher(teacher, layers=[1])
+    assert student.config.num_hidden_layers == 1
+    t_sd, s_sd = teacher.state_dict(), student.state_dict()
+    for key, value in s_sd.items():
+        source = key.replace("encoder.layer.0.", "encoder.layer.1.")
+        assert torch.equal(value, t_sd[source]), key
+    assert count_parameters(student)["total"] < count_parameters(teacher)["total"]
+
+
+def test_student_from_config_inherits_vocab_labels_and_embeddings():
+    teacher = _ours("token")
+    student = student_from_config(teacher, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                  init_embeddings=True)
+    assert isinstance(student, bert.BertForTokenClassification)
+    assert student.config.vocab_size == 99 and student.config.num_labels == 3
+    assert student.config.intermediate_size == 128
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
+                       teacher.bert.embeddings.word_embeddings.weight)
+    narrow = student_from_config(teacher, num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
+    assert narrow.config.hidden_size == 16
+
+
+def _one_line(excinfo, *words):
+    message = str(excinfo.value)
+    assert "\n" not in message
+    for word in words:
+        assert word in message, message
+
+
+def test_errors_are_one_clear_line(tmp_path):
+    teacher = _ours("sequence")
+    with pytest.raises(DistillError) as e:
+        student_from_teacher(teacher, layers=[9])
+    _one_line(e, "layers=[9]", "2-layer", "0..1")
+    with pytest.raises(DistillError) as e:
+        student_from_config(teacher, 1, 16, 2, init_embeddings=True)
+    _one_line(e, "init_embeddings")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "empty")
+    _one_line(e, "config.json")
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "missing")
+    _one_line(e, "does not exist")
+    (tmp_path / "gpt").mkdir()
+    (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "gpt")
+    _one_line(e, "gpt2", "BERT")
+    with pytest.raises(DistillError) as e:
+        from_pretrained("some-org/some-bert")  # HF_HUB_OFFLINE=1 in tests: no network here
+    _one_line(e, "some-org/some-bert", "local checkpoint dir")
+
+
+def test_mismatched_and_corrupt_checkpoints(tmp_path):
+    save_pretrained(_ours("sequence"), tmp_path / "m")
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "m", num_labels=5)
+    _one_line(e, "3 labels", "num_labels=3")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["hidden_size"] = 64
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "m")
+    _one_line(e, "does not match its weights")
+    save_pretrained(_ours("sequence"), tmp_path / "c")
+    weights = tmp_path / "c" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(DistillError) as e:
+        from_pretrained(tmp_path / "c")
+    _one_line(e, "corrupt")
+
+
+def test_save_is_atomic_over_an_existing_dir(tmp_path, monkeypatch):
+    save_pretrained(_ours("sequence", seed=0), tmp_path / "m")
+    before = (tmp_path / "m" / "model.safetensors").read_bytes()
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("distill.models.hub.save_file", crash)
+    with pytest.raises(OSError):
+        save_pretrained(_ours("sequence", seed=1), tmp_path / "m")
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
