@@ -1,0 +1,182 @@
+"""Tokenization with the teacher's tokenizer, cached by ``datasets`` across runs.
+
+``tokenize`` runs one ``Dataset.map(batched=True)`` per split with an explicit fingerprint built
+from the split's own fingerprint, the tokenizer's vocabulary/normaliser (not its mutable
+truncation state, which would change the hash after the first call) and ``max_length``. Sources
+are memory-mapped files, so ``map`` writes ``cache-<fingerprint>.arrow`` beside them and a second
+run loads it instead of tokenizing; ``datasets`` writes to a temp file and renames, so an error
+leaves nothing half-written.
+
+Output columns (all ints, one row per example; raw text: one row per chunk):
+    input_ids (T,), attention_mask (T,), token_type_ids (T,), idx (row within split), truncated,
+    labels: int (sequence) | (T,) with -100 on specials and non-first sub-tokens (token) | absent (raw),
+    word_ids (T,), -1 for specials (token tasks only).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import statistics
+
+import datasets
+
+from distill.data.corpus import TaskData
+from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # label id the losses skip
+VERSION = 1  # bump when the encoding below changes, so old cache files are not reused
+IDS = datasets.List(datasets.Value("int32"))
+MASK = datasets.List(datasets.Value("int8"))
+
+
+def tokenizer_key(tokenizer) -> str:
+    """A hash of what decides the token ids: class, vocab, normaliser, specials — not call state."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DistillError(f"{type(tokenizer).__name__} is a slow tokenizer; load a fast one (use_fast=True)")
+    spec = json.loads(backend.to_str())
+    spec.pop("truncation", None)  # set by every call with truncation=True
+    spec.pop("padding", None)
+    spec["class"] = type(tokenizer).__name__
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+
+
+def _truncated(encoding) -> list[bool]:
+    return [bool(e.overflowing) for e in encoding.encodings]
+
+
+def _encode_sequence(batch: dict, indices: list[int], tokenizer, max_length: int) -> dict:
+    """Texts (and pairs) → ids; the longer side of a pair is cut first."""
+    pair = batch.get("text_pair")
+    enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length, return_token_type_ids=True)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "token_type_ids": enc["token_type_ids"], "labels": batch["label"], "idx": indices,
+            "truncated": _truncated(enc)}
+
+
+def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
+    """Per-word tags → per-sub-token labels: the tag on a word's first sub-token, -100 elsewhere."""
+    labels, previous = [], None
+    for word in word_ids:
+        labels.append(IGNORE if word is None or word == previous else tags[word])
+        previous = word
+    return labels
+
+
+def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int) -> dict:
+    """Word lists → sub-token ids, labels aligned to first sub-tokens, word ids kept (-1: special)."""
+    enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length,
+                    return_token_type_ids=True)
+    word_ids = [enc.word_ids(i) for i in range(len(batch["tokens"]))]
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "token_type_ids": enc["token_type_ids"],
+            "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
+            "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
+            "idx": indices, "truncated": _truncated(enc)}
+
+
+def _encode_raw(batch: dict, tokenizer, max_length: int) -> dict:
+    """Each text → consecutive chunks of up to ``max_length`` tokens, each with [CLS] … [SEP]."""
+    enc = tokenizer(batch["text"], truncation=True, max_length=max_length, return_overflowing_tokens=True,
+                    return_token_type_ids=True)
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "token_type_ids": enc["token_type_ids"], "truncated": [False] * len(enc["input_ids"])}
+
+
+def _add_idx(batch: dict, indices: list[int]) -> dict:
+    return {"idx": indices}
+
+
+def _features(task: str) -> datasets.Features:
+    """Column types of the map output (ids as int32 on disk; the collator makes int64 tensors)."""
+    feats = {"input_ids": IDS, "attention_mask": MASK, "token_type_ids": MASK}
+    if task == "sequence":
+        feats["labels"] = datasets.Value("int64")
+    elif task == "token":
+        feats["labels"] = datasets.List(datasets.Value("int64"))
+        feats["word_ids"] = IDS
+    if task != "raw":  # raw chunks get idx in a second pass, once their number is known
+        feats["idx"] = datasets.Value("int64")
+    feats["truncated"] = datasets.Value("bool")
+    return datasets.Features(feats)
+
+
+def tokenize(data: TaskData, tokenizer, max_length: int = 128) -> datasets.DatasetDict:
+    """``TaskData`` → tokenized ``DatasetDict`` (columns in the module docstring); cached on disk."""
+    if not isinstance(max_length, int) or max_length < 8:
+        raise DistillError(f"max_length={max_length!r} must be an integer of at least 8 tokens")
+    limit = getattr(tokenizer, "model_max_length", None) or 0
+    if 0 < limit < 10**6 and max_length > limit:
+        raise DistillError(f"max_length={max_length} exceeds the tokenizer's model_max_length {limit}; lower it")
+    key = tokenizer_key(tokenizer)
+    out = {}
+    for split, ds in data.splits.items():
+        fingerprint = hashlib.sha256(
+            f"{ds._fingerprint}|{key}|{max_length}|{data.task}|{VERSION}".encode()).hexdigest()[:16]
+        cached = bool(ds.cache_files) and _cache_exists(ds, fingerprint)
+        desc = f"tokenizing {data.name or 'data'} {split}"
+        if data.task == "raw":
+            chunks = ds.map(functools.partial(_encode_raw, tokenizer=tokenizer, max_length=max_length),
+                            batched=True, remove_columns=ds.column_names, new_fingerprint=fingerprint,
+                            features=_features("raw"), desc=desc)
+            out[split] = chunks.map(_add_idx, batched=True, with_indices=True, new_fingerprint=fingerprint[::-1],
+                                    desc=f"indexing {data.name} {split}")
+        else:
+            encode = _encode_token if data.task == "token" else _encode_sequence
+            out[split] = ds.map(functools.partial(encode, tokenizer=tokenizer, max_length=max_length),
+                                batched=True, with_indices=True, remove_columns=ds.column_names,
+                                new_fingerprint=fingerprint, features=_features(data.task),
+                                desc=desc)
+        log.debug("%s %s: %s", data.name, split, "loaded from the datasets cache" if cached else "tokenized")
+    return datasets.DatasetDict(out)
+
+
+def _cache_exists(ds: datasets.Dataset, fingerprint: str) -> bool:
+    try:
+        return os.path.exists(ds._get_cache_file_path(fingerprint))
+    except Exception:  # private API: if it moves, only the debug line is lost
+        return False
+
+
+def lengths(ds: datasets.Dataset) -> list[int]:
+    """Token count per row, read from the Arrow column (no Python lists of ids)."""
+    import pyarrow.compute as pc
+
+    column = ds.with_format("arrow")["input_ids"]
+    return pc.list_value_length(column).to_pylist()
+
+
+def summarize(data: TaskData, tokenized: datasets.DatasetDict) -> str:
+    """One line for the start of a run: rows per split, train label counts, tokens, truncation."""
+    rows = ", ".join(f"{s} {len(d):,}" for s, d in tokenized.items())
+    if data.task == "raw":
+        docs = sum(len(d) for d in data.splits.values())
+        rows = f"{rows} chunks from {docs:,} texts"
+    parts = [f"data {data.name or '?'} ({data.task}): {rows}"]
+    train = data.splits.get("train")
+    if train is not None and data.label_names:
+        if data.task == "token":
+            counts = [0] * len(data.label_names)
+            for tags in train["tags"]:
+                for t in tags:
+                    counts[t] += 1
+            named = [(n[2:], c) for n, c in zip(data.label_names, counts) if n.startswith("B-")] or \
+                [(n, c) for n, c in zip(data.label_names, counts)]
+            parts.append("train entities " + ", ".join(f"{n} {c:,}" for n, c in named))
+        else:
+            counts = [0] * len(data.label_names)
+            for label in train["label"]:
+                counts[label] += 1
+            parts.append("train labels " + ", ".join(f"{n} {c:,}" for n, c in zip(data.label_names, counts)))
+    all_lengths = [n for d in tokenized.values() for n in lengths(d)]
+    truncated = sum(sum(d["truncated"]) for d in tokenized.values())
+    if all_lengths:
+        parts.append(f"tokens mean {statistics.fmean(all_lengths):.1f}, max {max(all_lengths)}")
+        parts.append(f"truncated {100 * truncated / len(all_lengths):.1f}%")
+    return "; ".join(parts)
