@@ -1,0 +1,292 @@
+"""One report for teacher vs students: metrics with 95% CIs, McNemar tests, size, CPU latency.
+
+``compare`` writes ``report.md``, ``report.json`` and PNGs; ``teacher_preflight`` is the check the
+training CLI runs before distilling (label mapping, teacher above chance).
+
+Ratios are all "model / teacher" except ``speedup_p50`` (teacher p50 / model p50, > 1 = faster).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from distill import evaluate as ev
+from distill import plots
+from distill.errors import DistillError
+from distill.models.bert import BertPreTrainedModel
+
+log = logging.getLogger(__name__)
+ModelRef = BertPreTrainedModel | str | os.PathLike
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def eval_split(data, tokenizer=None, split: str | None = None, max_length: int = 128):
+    """TaskData or an already tokenized split → (tokenized split, label_names | None, task | None)."""
+    if not hasattr(data, "splits"):
+        return data, None, None
+    name = split or next((s for s in ("test", "validation") if s in data.splits), None)
+    if name not in data.splits:
+        raise DistillError(f"the data has no {split or 'test/validation'} split; pick one of {list(data.splits)}")
+    if tokenizer is None:
+        raise DistillError("raw TaskData needs a tokenizer; pass tokenizer= (e.g. load_tokenizer(teacher_dir))")
+    from datasets import DatasetDict
+
+    from distill.data.tokenize import tokenize
+
+    one = dataclasses.replace(data, splits=DatasetDict({name: data.splits[name]}))
+    return tokenize(one, tokenizer, max_length=max_length)[name], list(data.label_names), data.task
+
+
+def load(ref, task: str, threads: int = 1):
+    """A model object, a checkpoint dir, or an ``.onnx`` file → (forward, info dict, model | None)."""
+    if isinstance(ref, torch.nn.Module):
+        return ev.torch_forward(ref), {"runtime": "pytorch"}, ref
+    path = Path(ref)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise DistillError(f"{path} does not exist; export the model with formats=[onnx] first")
+        return ev.onnx_forward(str(path), threads), {"runtime": "onnxruntime", "path": str(path)}, None
+    from distill.models.hub import from_pretrained
+
+    model = from_pretrained(path, task=task)
+    return ev.torch_forward(model), {"runtime": "pytorch", "path": str(path)}, model
+
+
+def size_and_params(model, info: dict) -> dict:
+    """Bytes of the weights on disk and parameter counts (total, outside embeddings)."""
+    if model is None:  # ONNX: the file (and its external data) is the model
+        import onnx
+
+        path = Path(info["path"])
+        graph = onnx.load(str(path), load_external_data=False).graph
+        total = sum(int(torch.Size(t.dims).numel()) for t in graph.initializer)
+        size = sum(f.stat().st_size for f in path.parent.iterdir() if f.name.startswith(path.name))
+        return {"size_bytes": size, "params": {"total": total, "non_embedding": None}}
+    from distill.models.hub import save_pretrained
+    from distill.models.student import count_parameters
+
+    with tempfile.TemporaryDirectory() as tmp:  # what save_pretrained writes is what ships
+        size = (save_pretrained(model, Path(tmp) / "m") / "model.safetensors").stat().st_size
+    return {"size_bytes": size, "params": count_parameters(model)}
+
+
+# ---------------------------------------------------------------- teacher pre-flight
+
+
+def check_labels(config, label_names: Sequence[str]) -> str | None:
+    """Raise when the head cannot match the data; a warning line when the names look off."""
+    n = int(config.num_labels)
+    names = [str(config.id2label.get(i, config.id2label.get(str(i), f"LABEL_{i}"))) for i in range(n)]
+    if n != len(label_names):
+        raise DistillError(f"the model predicts {n} labels {names} but the data has {len(label_names)} "
+                           f"{list(label_names)}; use a model fine-tuned on this dataset")
+    lower, data_lower = [s.lower() for s in names], [str(s).lower() for s in label_names]
+    if lower == data_lower:
+        return None
+    if all(re.fullmatch(r"label_\d+", s) for s in lower):
+        return (f"the model's config names its labels {names[:3]}...; assuming they follow the data's order "
+                f"{list(label_names)}")
+    if sorted(lower) == sorted(data_lower):
+        raise DistillError(f"the model orders its labels {names} but the data orders them {list(label_names)}; "
+                           "fix the model's config id2label or the data's label order")
+    return f"the model's label names {names} differ from the data's {list(label_names)}; assuming the same order"
+
+
+def preflight_from_predictions(pred: ev.Predictions, config, label_names: Sequence[str],
+                               min_kappa: float = 0.1) -> dict:
+    """The pre-flight verdict from predictions already made (compare reuses its evaluation)."""
+    found = [w for w in [check_labels(config, label_names)] if w]
+    scores, base = ev.metrics(pred, label_names), ev.chance(pred)
+    key = ev.main_metric(pred.task)
+    near = base["kappa"] < min_kappa
+    if near:
+        found.append(f"TEACHER NEAR CHANCE: {key}={scores[key]:.3f} (majority class {base['majority_rate']:.3f}, "
+                     f"Cohen's kappa {base['kappa']:.2f} < {min_kappa}); it was probably never fine-tuned on "
+                     "this task, and distilling it teaches the student noise")
+    for line in found:
+        log.warning("teacher pre-flight: %s", line)
+    return {"metrics": scores, **base, "near_chance": near, "min_kappa": min_kappa, "warnings": found}
+
+
+def teacher_preflight(teacher: ModelRef, data, tokenizer=None, task: str | None = None,
+                      label_names: Sequence[str] | None = None, split: str | None = None,
+                      batch_size: int = 32, min_kappa: float = 0.1) -> dict:
+    """Evaluate the teacher on ``data`` (TaskData or tokenized split), check its label mapping and
+    warn loudly when it is near chance (Cohen's κ < ``min_kappa``). Returns the figures and warnings."""
+    dataset, names, data_task = eval_split(data, tokenizer, split)
+    label_names, task = label_names or names, task or data_task or getattr(teacher, "task", None)
+    if label_names is None or task is None:
+        raise DistillError("a tokenized split needs label_names= and task= (or pass TaskData)")
+    forward, _, model = load(teacher, task)
+    if model is None:
+        raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
+    check_labels(model.config, label_names)  # before spending time on predictions
+    return preflight_from_predictions(ev.predict(forward, dataset, task, batch_size), model.config,
+                                      label_names, min_kappa)
+
+
+# ---------------------------------------------------------------- compare
+
+
+def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = None,
+            label_names: Sequence[str] | None = None, out_dir: str | os.PathLike = "compare",
+            teacher: str = "teacher", baseline: str | None = None, latency_texts: Sequence[str] | None = None,
+            split: str | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0,
+            warmup: int = 5, repeats: int = 50, batch_size: int = 32,
+            curves: Mapping[str, str | os.PathLike | Sequence[Mapping]] | None = None,
+            min_kappa: float = 0.1) -> dict:
+    """Evaluate every model on one split, time it on CPU, and write report.md / report.json / PNGs.
+
+    ``models``: name → our model, checkpoint dir, or ``.onnx`` file; ``teacher`` names the reference
+    and ``baseline`` (e.g. the no-KD student) gets its own McNemar column. ``curves``: run name →
+    metrics.jsonl / run dir / list of step dicts for the training-curve plot.
+    """
+    if teacher not in models:
+        raise DistillError(f"teacher={teacher!r} is not among the models {list(models)}; name one of them")
+    if baseline is not None and baseline not in models:
+        raise DistillError(f"baseline={baseline!r} is not among the models {list(models)}; name one of them")
+    dataset, names, data_task = eval_split(data, tokenizer, split)
+    label_names = list(label_names or names or [])
+    task = task or data_task or getattr(models[teacher], "task", None)
+    if not label_names or task not in ("sequence", "token"):
+        raise DistillError("a tokenized split needs label_names= and task=sequence|token (or pass TaskData)")
+    threads = threads or min(4, os.cpu_count() or 1)
+    if latency_texts:
+        if tokenizer is None:
+            raise DistillError("latency_texts need a tokenizer; pass tokenizer=")
+        rows = [dict(zip(enc, vals)) for enc in [tokenizer(list(latency_texts), truncation=True, max_length=128)]
+                for vals in zip(*enc.values())]
+    else:
+        rows = [dataset[i] for i in range(min(64, len(dataset)))]
+    singles, big = ev.latency_inputs(rows, batch_size=32)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    results, preds = {}, {}
+    for name, ref in models.items():
+        forward, info, model = load(ref, task, threads)
+        if model is not None:
+            check_labels(model.config, label_names)
+        log.info("compare: evaluating %s (%s)", name, info["runtime"])
+        preds[name] = ev.predict(forward, dataset, task, batch_size)
+        scores = ev.metrics(preds[name], label_names)
+        ci = ev.bootstrap(preds[name], label_names, n_boot=n_boot, seed=seed)
+        results[name] = {
+            **info, **size_and_params(model, info),
+            "metrics": {k: {"value": v, "ci95": list(ci[k])} for k, v in scores.items()},
+            "latency": ev.measure_latency(forward, singles, big, threads, warmup, repeats),
+        }
+        if name == teacher:
+            if model is None:
+                raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
+            preflight = preflight_from_predictions(preds[name], model.config, label_names, min_kappa)
+        del model, forward
+
+    ref = results[teacher]
+    for name, r in results.items():
+        r["retention"] = {k: _ratio(v["value"], ref["metrics"][k]["value"]) for k, v in r["metrics"].items()}
+        r["speedup_p50"] = _ratio(ref["latency"]["p50_ms"], r["latency"]["p50_ms"])
+        r["throughput_ratio"] = _ratio(r["latency"]["throughput_per_s"], ref["latency"]["throughput_per_s"])
+        r["size_ratio"] = _ratio(r["size_bytes"], ref["size_bytes"])
+        r["params_ratio"] = _ratio(r["params"]["total"], ref["params"]["total"])
+        r["agreement_with_teacher"] = ev.agreement(preds[name], preds[teacher])
+        r["mcnemar"] = {f"vs_{other}": ev.mcnemar(preds[name].correct, preds[other].correct)
+                        for other in (teacher, baseline) if other is not None and other != name}
+
+    key = ev.main_metric(task)
+    report = {
+        "task": task, "metric": key, "teacher": teacher, "baseline": baseline, "label_names": label_names,
+        "settings": {"n_rows": len(dataset), "n_units": int(len(preds[teacher].y_true)),
+                     "unit": "word" if task == "token" else "row", "n_boot": n_boot, "seed": seed,
+                     "threads": threads, "warmup": warmup, "repeats": repeats, "device": "cpu",
+                     "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "preflight": preflight, "models": results,
+    }
+    report["notes"] = notes(report)
+    report["plots"] = [str(plots.tradeoff_plot(
+        {n: {"latency_ms": r["latency"]["p50_ms"], "metric": r["metrics"][key]["value"],
+             "ci": r["metrics"][key]["ci95"], "params": r["params"]["total"]} for n, r in results.items()},
+        key, out / "tradeoff.png"))]
+    if curves:
+        report["plots"].append(str(plots.training_curves(curves, out / "training_curves.png")))
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(render_markdown(report))
+    report["paths"] = {"json": str(out / "report.json"), "markdown": str(out / "report.md")}
+    return report
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def notes(report: dict) -> list[str]:
+    """Plain-language lines: pre-flight warnings, what counts as noise, each model's significance."""
+    key, teacher, models = report["metric"], report["teacher"], report["models"]
+    s = report["settings"]
+    lines = [f"WARNING: {w}" for w in report["preflight"]["warnings"]]
+    width, widest = max((r["metrics"][key]["ci95"][1] - r["metrics"][key]["ci95"][0], n) for n, r in models.items())
+    units = f" ({s['n_units']} {s['unit']}s)" if s["unit"] != "row" else ""
+    lines.append(f"Evaluated on {s['n_rows']} rows{units}: 95% intervals of {key} are up to {100 * width:.1f} points "
+                 f"wide ({widest}), so differences of about {50 * width:.1f} points or less are noise unless "
+                 "McNemar's test says otherwise.")
+    for name, r in models.items():
+        for other, test in r["mcnemar"].items() if name != teacher else ():
+            diff = 100 * (r["metrics"][key]["value"] - models[other[3:]]["metrics"][key]["value"])
+            verdict = "significant" if test["p_value"] < 0.05 else "not significant: treat it as noise"
+            lines.append(f"{name} {other.replace('_', ' ')}: {diff:+.1f} points of {key}, McNemar p = "
+                         f"{test['p_value']:.3g} ({test['method']}, {test['b']} vs {test['c']} discordant) — "
+                         f"{verdict}.")
+    lines.append(f"Latency: CPU, {s['threads']} thread(s), same process and setting for every model; batch 1 "
+                 f"p50/p90 over {s['repeats']} calls after {s['warmup']} warm-up calls; throughput at batch 32.")
+    return lines
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def table(report: dict) -> str:
+    """The per-model markdown table (also used by the export model card)."""
+    metric_keys = list(next(iter(report["models"].values()))["metrics"])
+    key, teacher, baseline = report["metric"], report["teacher"], report["baseline"]
+    head = ["model", *[f"{k} (95% CI)" for k in metric_keys], f"retention ({key})", "agree w/ teacher",
+            "params (non-emb)", "size MB", "p50 / p90 ms", "rows/s @32", "speed-up", "size ratio",
+            "McNemar p vs teacher"] + ([f"vs {baseline}"] if baseline else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in report["models"].items():
+        non_emb = r["params"]["non_embedding"]
+        tests = [r["mcnemar"].get(f"vs_{o}") for o in (teacher, baseline) if o]
+        cells = [
+            f"**{name}**" if name == teacher else name,
+            *[f"{_pct(m['value'])} ({_pct(m['ci95'][0])}–{_pct(m['ci95'][1])})" for m in r["metrics"].values()],
+            f"{_pct(r['retention'][key])}%", f"{_pct(r['agreement_with_teacher'])}%",
+            f"{r['params']['total'] / 1e6:.2f}M ({'–' if non_emb is None else f'{non_emb / 1e6:.2f}M'})",
+            f"{r['size_bytes'] / 2**20:.2f}", f"{r['latency']['p50_ms']:.1f} / {r['latency']['p90_ms']:.1f}",
+            f"{r['latency']['throughput_per_s']:.0f}", f"{r['speedup_p50']:.2f}×", f"{r['size_ratio']:.2f}×",
+            *["–" if t is None else f"{t['p_value']:.3g}" for t in tests],
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown(report: dict) -> str:
+    """report.json → report.md: the table, the notes (noise, significance, warnings), the plots."""
+    s = report["settings"]
+    out = [f"# Distillation report: {report['task']} task, {report['metric']}", "",
+           f"{s['n_rows']} evaluation rows · CPU ({s['cpu']}), torch {s['torch']}, {s['threads']} thread(s) "
+           f"for every model · 95% bootstrap intervals over {s['n_boot']} resamples", "", table(report), "## Notes", ""]
+    out += [f"- {line}" for line in report["notes"]]
+    out += ["", *[f"![{Path(p).stem}]({Path(p).name})" for p in report.get("plots", [])]]
+    return "\n".join(out) + "\n"

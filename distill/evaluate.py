@@ -1,0 +1,286 @@
+"""Predictions, task metrics with bootstrap intervals, paired tests, and CPU latency.
+
+Everything here works on a *forward*: a callable ``batch dict → logits`` (B, C) or (B, T, C), so a
+PyTorch model and an onnxruntime session are evaluated and timed the same way.
+
+Units: a sequence task is scored per row; a token task per word (first sub-token of each word, the
+positions whose label is not -100), with entity-level F1 from seqeval. The bootstrap resamples rows
+or sentences; McNemar pairs rows or words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.stats import binomtest, chi2
+from seqeval.metrics import f1_score as seqeval_f1
+from seqeval.metrics.sequence_labeling import get_entities
+from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
+from torch import Tensor
+
+from distill.errors import DistillError
+
+Forward = Callable[[dict[str, Tensor]], Tensor]
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the χ² approximation is poor
+
+
+def main_metric(task: str) -> str:
+    """The metric retention is computed on (same convention as training)."""
+    return "entity_f1" if task == "token" else "accuracy"
+
+
+# ---------------------------------------------------------------- forwards and batches
+
+
+def torch_forward(model: torch.nn.Module) -> Forward:
+    """Our BERT (or anything returning ``.logits``) in eval mode, no grad."""
+    model.eval()
+
+    @torch.inference_mode()
+    def forward(batch: dict[str, Tensor]) -> Tensor:
+        out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        return getattr(out, "logits", out)
+
+    return forward
+
+
+def onnx_forward(path: str, threads: int = 1) -> Forward:
+    """An onnxruntime CPU session with ``threads`` intra-op threads; feeds only the graph's inputs."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def forward(batch: dict[str, Tensor]) -> Tensor:
+        feed = {n: batch[n].numpy().astype(np.int64) for n in names}
+        return torch.from_numpy(session.run(None, feed)[0])
+
+    return forward
+
+
+def pad_rows(rows: Sequence[dict]) -> dict[str, Tensor]:
+    """Tokenized rows (lists of ids) → a right-padded batch; ids/masks pad with 0, labels with -100."""
+    T = max(len(r["input_ids"]) for r in rows)
+    batch = {}
+    for key in (*MODEL_INPUTS, "labels"):
+        if key not in rows[0]:
+            continue
+        if key == "labels" and not isinstance(rows[0][key], (list, tuple, np.ndarray, Tensor)):
+            batch[key] = torch.tensor([int(r[key]) for r in rows])  # (B,) sequence labels
+            continue
+        fill = -100 if key == "labels" else 0
+        out = torch.full((len(rows), T), fill, dtype=torch.long)  # (B, T)
+        for i, r in enumerate(rows):
+            out[i, : len(r[key])] = torch.as_tensor(list(r[key]), dtype=torch.long)
+        batch[key] = out
+    if "token_type_ids" not in batch:
+        batch["token_type_ids"] = torch.zeros_like(batch["input_ids"])
+    return batch
+
+
+def batches(dataset, batch_size: int = 32) -> Iterator[dict[str, Tensor]]:
+    """A tokenized dataset (datasets.Dataset or list of row dicts) in order, padded per batch."""
+    for start in range(0, len(dataset), batch_size):
+        chunk = dataset[start : start + batch_size]
+        if isinstance(chunk, dict):  # datasets returns columns; turn them back into rows
+            chunk = [dict(zip(chunk, vals)) for vals in zip(*chunk.values())]
+        yield pad_rows(chunk)
+
+
+# ---------------------------------------------------------------- predictions and metrics
+
+
+@dataclass
+class Predictions:
+    """Gold and predicted label ids per unit: rows (sequence) or words (token).
+
+    ``y_true``/``y_pred`` (U,); ``group`` (U,) is the row each unit came from (the bootstrap unit).
+    """
+
+    task: str
+    y_true: np.ndarray
+    y_pred: np.ndarray
+    group: np.ndarray
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.y_true == self.y_pred
+
+    def sentences(self, label_names: Sequence[str]) -> tuple[list[list[str]], list[list[str]]]:
+        """Token task → per-row tag-name lists (gold, pred), as seqeval wants them."""
+        cuts = np.flatnonzero(np.diff(self.group)) + 1
+        gold = [[label_names[i] for i in s] for s in np.split(self.y_true, cuts)]
+        pred = [[label_names[i] for i in s] for s in np.split(self.y_pred, cuts)]
+        return gold, pred
+
+
+def predict(forward: Forward, dataset, task: str, batch_size: int = 32) -> Predictions:
+    """Run ``forward`` over a tokenized split with ``labels``: argmax per row, or per labelled word."""
+    if task not in ("sequence", "token"):
+        raise DistillError(f"task={task!r} cannot be evaluated; use sequence or token")
+    if len(dataset) == 0 or "labels" not in dataset[0]:
+        raise DistillError("the evaluation split is empty or has no 'labels' column; tokenize it with labels")
+    trues, preds, groups, row = [], [], [], 0
+    for batch in batches(dataset, batch_size):
+        pred = forward(batch).argmax(-1)  # (B,) or (B, T)
+        labels = batch["labels"]
+        if task == "token":
+            if pred.dim() != 2:
+                raise DistillError("task=token but the model returns one label per row; load it with task=sequence")
+            keep = labels != -100  # first sub-token of each word
+            trues.append(labels[keep])
+            preds.append(pred[:, : labels.shape[1]][keep])
+            groups.append(keep.nonzero()[:, 0] + row)
+        else:
+            if pred.dim() != 1:
+                raise DistillError("task=sequence but the model returns per-token logits; load it with task=token")
+            trues.append(labels)
+            preds.append(pred)
+            groups.append(torch.arange(row, row + len(labels)))
+        row += len(labels)
+    cat = lambda xs: torch.cat(xs).numpy().astype(np.int64)  # noqa: E731
+    return Predictions(task, cat(trues), cat(preds), cat(groups))
+
+
+def metrics(pred: Predictions, label_names: Sequence[str]) -> dict[str, float]:
+    """sequence: accuracy, macro_f1 (sklearn); token: entity_f1 (seqeval), token_accuracy."""
+    if pred.task == "token":
+        gold, guess = pred.sentences(label_names)
+        return {"entity_f1": float(seqeval_f1(gold, guess, zero_division=0)),
+                "token_accuracy": float(pred.correct.mean())}
+    return {"accuracy": float(accuracy_score(pred.y_true, pred.y_pred)),
+            "macro_f1": float(f1_score(pred.y_true, pred.y_pred, average="macro", zero_division=0))}
+
+
+def _group_stats(pred: Predictions, label_names: Sequence[str]) -> np.ndarray:
+    """Per bootstrap unit, the counts every metric is a function of: (G, S)."""
+    if pred.task == "token":
+        rows = []
+        for gold, guess in zip(*pred.sentences(label_names)):
+            g, p = set(get_entities(gold)), set(get_entities(guess))
+            rows.append((len(g), len(p), len(g & p), len(gold), sum(a == b for a, b in zip(gold, guess))))
+        return np.asarray(rows, dtype=np.float64)  # true ents, pred ents, correct ents, words, words right
+    C = len(label_names)
+    onehot = np.eye(C)
+    t, p = onehot[pred.y_true], onehot[pred.y_pred]  # (N, C)
+    return np.concatenate([pred.correct[:, None], t * p, t, p], axis=1)  # (N, 1 + 3C)
+
+
+def _from_stats(task: str, totals: np.ndarray) -> dict[str, np.ndarray]:
+    """Totals (..., S) → the same metrics as :func:`metrics`, vectorised over resamples."""
+    div = lambda a, b: np.divide(a, b, out=np.zeros_like(a), where=b > 0)  # noqa: E731
+    if task == "token":
+        return {"entity_f1": div(2 * totals[..., 2], totals[..., 0] + totals[..., 1]),
+                "token_accuracy": div(totals[..., 4], totals[..., 3])}
+    C = (totals.shape[-1] - 1) // 3
+    tp, true, guess = totals[..., 1:1 + C], totals[..., 1 + C:1 + 2 * C], totals[..., 1 + 2 * C:]
+    present = (true + guess) > 0  # sklearn's macro average runs over labels seen in gold or pred
+    f1 = div(2 * tp, true + guess)
+    n = true.sum(-1)
+    return {"accuracy": div(totals[..., 0], n), "macro_f1": div(f1.sum(-1), present.sum(-1).astype(float))}
+
+
+def bootstrap(pred: Predictions, label_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
+              level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile ``level`` interval of every metric, resampling rows (or sentences) with replacement."""
+    stats = _group_stats(pred, label_names)  # (G, S)
+    G, rng, draws = len(stats), np.random.default_rng(seed), []
+    for start in range(0, n_boot, 100):  # (chunk, G) count matrices keep memory bounded
+        counts = rng.multinomial(G, np.full(G, 1.0 / G), size=min(100, n_boot - start))
+        draws.append(counts @ stats)  # (chunk, S) resampled totals
+    boot = _from_stats(pred.task, np.concatenate(draws))
+    lo, hi = 50 * (1 - level), 50 * (1 + level)
+    return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in boot.items()}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Paired test of two models on the same units: exact binomial when discordant pairs are few,
+    else χ² with continuity correction. ``b`` = only A right, ``c`` = only B right."""
+    a, b_ = np.asarray(correct_a, bool), np.asarray(correct_b, bool)
+    if a.shape != b_.shape:
+        raise DistillError("McNemar needs both models scored on the same rows; evaluate them on one split")
+    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
+    if b + c == 0:
+        return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "method": "no discordant pairs"}
+    if b + c < EXACT_MCNEMAR_BELOW:
+        p = binomtest(min(b, c), b + c, 0.5).pvalue
+        return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": float(p), "method": "exact binomial"}
+    stat = (abs(b - c) - 1) ** 2 / (b + c)
+    return {"b": b, "c": c, "statistic": float(stat), "p_value": float(chi2.sf(stat, 1)),
+            "method": "chi-square (continuity corrected)"}
+
+
+def agreement(a: Predictions, b: Predictions) -> float:
+    """Share of units where two models predict the same label."""
+    if a.y_pred.shape != b.y_pred.shape:
+        raise DistillError("agreement needs both models scored on the same rows; evaluate them on one split")
+    return float((a.y_pred == b.y_pred).mean())
+
+
+def chance(pred: Predictions) -> dict[str, float]:
+    """How far above chance: majority-class rate and Cohen's κ (0 = chance, 1 = perfect)."""
+    majority = np.bincount(pred.y_true).max() / len(pred.y_true)
+    if len(np.union1d(pred.y_true, pred.y_pred)) == 1:  # one class only in gold and pred: κ is 0/0
+        kappa = 1.0
+    else:
+        kappa = cohen_kappa_score(pred.y_true, pred.y_pred)
+    return {"majority_rate": float(majority), "kappa": float(np.nan_to_num(kappa))}
+
+
+# ---------------------------------------------------------------- latency
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the body with ``n`` intra-op threads, then restore the previous setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def latency_inputs(rows: Iterable[dict], n_single: int = 64, batch_size: int = 32,
+                   n_batches: int = 2) -> tuple[list[dict[str, Tensor]], list[dict[str, Tensor]]]:
+    """Tokenized rows → (batch-1 inputs, batch-``batch_size`` inputs), rows cycled to fill them."""
+    rows = [{k: r[k] for k in MODEL_INPUTS if k in r} for r in rows]
+    if not rows:
+        raise DistillError("latency needs at least one text; pass latency_texts or a non-empty split")
+    pick = lambda i: rows[i % len(rows)]  # noqa: E731
+    singles = [pad_rows([pick(i)]) for i in range(min(n_single, len(rows)))]
+    big = [pad_rows([pick(b * batch_size + i) for i in range(batch_size)]) for b in range(n_batches)]
+    return singles, big
+
+
+def measure_latency(forward: Forward, singles: Sequence[dict], big: Sequence[dict], threads: int = 1,
+                    warmup: int = 5, repeats: int = 50, big_repeats: int = 3) -> dict:
+    """CPU timing: p50/p90 milliseconds of ``repeats`` batch-1 calls (cycling ``singles``) and
+    rows/second over ``big_repeats`` passes of the batch-32 inputs, after ``warmup`` calls each."""
+    with torch_threads(threads):
+        for i in range(warmup):
+            forward(singles[i % len(singles)])
+            forward(big[i % len(big)])
+        times = []
+        for i in range(repeats):
+            start = time.perf_counter()
+            forward(singles[i % len(singles)])
+            times.append(time.perf_counter() - start)
+        rows, start = 0, time.perf_counter()
+        for _ in range(big_repeats):
+            for batch in big:
+                forward(batch)
+                rows += len(batch["input_ids"])
+        elapsed = time.perf_counter() - start
+    ms = 1000 * np.asarray(times)
+    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
+            "throughput_per_s": rows / elapsed, "batch_size": len(big[0]["input_ids"]),
+            "threads": threads, "warmup": warmup, "repeats": repeats}

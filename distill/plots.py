@@ -1,0 +1,109 @@
+"""PNG plots: the metric–latency–size trade-off of compared models, and training curves of runs.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas, never pyplot: no global
+backend state, no display needed, safe inside tests and on headless servers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from distill.errors import DistillError
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    return path
+
+
+def tradeoff_plot(points: Mapping[str, Mapping[str, float]], metric: str, path: str | os.PathLike) -> Path:
+    """Bubble chart: x = batch-1 p50 latency (ms), y = ``metric``, bubble area ∝ parameters.
+
+    ``points``: name → {"latency_ms", "metric", "params", optional "ci" (lo, hi)}.
+    """
+    if not points:
+        raise DistillError("nothing to plot: compare at least one model")
+    fig = Figure(figsize=(6.4, 4.4))
+    ax = fig.add_subplot()
+    largest = max(p["params"] for p in points.values()) or 1
+    for name, p in points.items():
+        area = 60 + 1400 * p["params"] / largest
+        ax.scatter(p["latency_ms"], p["metric"], s=area, alpha=0.45, edgecolors="black")
+        if p.get("ci"):
+            lo, hi = p["ci"]
+            ax.errorbar(p["latency_ms"], p["metric"], yerr=[[p["metric"] - lo], [hi - p["metric"]]],
+                        fmt="none", ecolor="gray", capsize=3)
+        ax.annotate(f"{name}\n{p['params'] / 1e6:.3g}M params", (p["latency_ms"], p["metric"]),
+                    textcoords="offset points", xytext=(8, 6), fontsize=8)
+    ax.set_xlabel("CPU latency, batch 1, p50 (ms)")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} vs latency (bubble area ∝ parameters; bars: 95% CI)")
+    ax.grid(alpha=0.3)
+    ax.margins(0.25)
+    return _save(fig, path)
+
+
+def read_metrics(source: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
+    """A ``metrics.jsonl`` path (one JSON dict per line), a run dir holding one, or a list of dicts."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.is_dir():
+            path = path / "metrics.jsonl"
+        if not path.is_file():
+            raise DistillError(f"{path} does not exist; pass a run dir with metrics.jsonl or a list of dicts")
+        rows = []
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise DistillError(f"{path} line {n} is not JSON; the file is corrupt") from None
+        return rows
+    return [dict(r) for r in source]
+
+
+def training_curves(runs: Mapping[str, str | os.PathLike | Sequence[Mapping]], path: str | os.PathLike,
+                    keys: Sequence[str] | None = None) -> Path:
+    """One panel per metric key (e.g. ``loss``, ``eval/accuracy``), one line per run, x = ``step``.
+
+    Rows may carry different keys (train and eval rows interleave); each key is drawn where present.
+    """
+    histories = {name: read_metrics(src) for name, src in runs.items()}
+    if keys is None:
+        seen = {}
+        for rows in histories.values():
+            for row in rows:
+                for k, v in row.items():
+                    if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        seen[k] = None
+        keys = list(seen)
+    if not keys:
+        raise DistillError("the training logs hold no numeric metrics to plot")
+    cols = min(3, len(keys))
+    rows_n = math.ceil(len(keys) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows_n))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows_n, cols, i + 1)
+        for name, rows in histories.items():
+            xy = [(r.get("step", j), r[key]) for j, r in enumerate(rows)
+                  if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+            if xy:
+                xs, ys = zip(*xy)
+                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=name)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        if len(histories) > 1:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)

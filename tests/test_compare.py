@@ -1,0 +1,164 @@
+"""compare(): metrics with CIs match the libraries, report figures are consistent, plots are PNGs,
+and the teacher pre-flight catches a teacher that was never fine-tuned."""
+
+import json
+import logging
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+from seqeval.metrics import f1_score as seqeval_f1
+from sklearn.metrics import accuracy_score, f1_score
+
+from distill import evaluate as ev
+from distill.compare import check_labels, compare, teacher_preflight
+from distill.errors import DistillError
+from distill.plots import training_curves
+from tests.export_helpers import sentences, sequence_rows, tiny_model, tiny_tokenizer, token_rows
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+FAST = dict(n_boot=200, warmup=1, repeats=3, threads=1)
+
+
+def assert_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+def test_metrics_and_bootstrap_agree_with_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    p = np.where(rng.random(300) < 0.7, y, rng.integers(0, 3, 300))
+    pred = ev.Predictions("sequence", y, p, np.arange(300))
+    scores = ev.metrics(pred, ["a", "b", "c"])
+    assert scores["accuracy"] == pytest.approx(accuracy_score(y, p))
+    assert scores["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    full = ev._from_stats("sequence", ev._group_stats(pred, ["a", "b", "c"]).sum(0))  # what the bootstrap computes
+    assert full["accuracy"] == pytest.approx(scores["accuracy"])
+    assert full["macro_f1"] == pytest.approx(scores["macro_f1"])
+    ci = ev.bootstrap(pred, ["a", "b", "c"], n_boot=500, seed=1)
+    for key, (lo, hi) in ci.items():
+        assert lo < scores[key] < hi and 0.05 < hi - lo < 0.2  # n=300: a ~±5-point interval
+    assert ci == ev.bootstrap(pred, ["a", "b", "c"], n_boot=500, seed=1)
+
+
+def test_entity_f1_bootstrap_matches_seqeval():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-LOC", "I-LOC"], ["B-PER", "O"]]
+    guess = [["B-PER", "I-PER", "O", "O"], ["O", "B-LOC", "O"], ["B-PER", "O"]]
+    ids = {t: i for i, t in enumerate(TAGS)}
+    flat = lambda s: np.array([ids[t] for row in s for t in row])  # noqa: E731
+    group = np.repeat(np.arange(3), [4, 3, 2])
+    pred = ev.Predictions("token", flat(gold), flat(guess), group)
+    scores = ev.metrics(pred, TAGS)
+    assert scores["entity_f1"] == pytest.approx(seqeval_f1(gold, guess)) == pytest.approx(2 * 2 / (4 + 3))
+    full = ev._from_stats("token", ev._group_stats(pred, TAGS).sum(0))
+    assert full["entity_f1"] == pytest.approx(scores["entity_f1"])
+    assert full["token_accuracy"] == pytest.approx(7 / 9) == pytest.approx(scores["token_accuracy"])
+
+
+def test_mcnemar_exact_and_chi_square():
+    a = np.array([True] * 3 + [False] * 9 + [True] * 50)
+    b = np.array([False] * 3 + [True] * 9 + [True] * 50)
+    small = ev.mcnemar(a, b)
+    assert (small["b"], small["c"], small["method"]) == (3, 9, "exact binomial")
+    assert small["p_value"] == pytest.approx(2 * (1 + 12 + 66 + 220) / 4096) == pytest.approx(binomtest(3, 12).pvalue)
+    a = np.array([True] * 30 + [False] * 10)
+    big = ev.mcnemar(a, ~a)
+    assert big["statistic"] == pytest.approx((20 - 1) ** 2 / 40)
+    assert big["p_value"] == pytest.approx(0.0026635, rel=1e-3)
+    assert ev.mcnemar(a, a)["p_value"] == 1.0
+
+
+def test_label_mapping_checks():
+    config = tiny_model(labels=("negative", "positive")).config
+    assert check_labels(config, ["Negative", "Positive"]) is None
+    with pytest.raises(DistillError, match="orders its labels"):
+        check_labels(config, ["positive", "negative"])
+    with pytest.raises(DistillError, match="predicts 2 labels"):
+        check_labels(config, ["a", "b", "c"])
+    assert "assuming" in check_labels(tiny_model(labels=("LABEL_0", "LABEL_1")).config, ["neg", "pos"])
+
+
+def _seq_data(n=120, seed=0):
+    tok = tiny_tokenizer()
+    texts = [" ".join(s) for s in sentences(n, seed)]
+    return tok, texts
+
+
+def test_compare_report_figures_are_consistent(tmp_path):
+    tok, texts = _seq_data()
+    teacher = tiny_model(seed=0, initializer_range=0.2)
+    rows = sequence_rows(tok, texts, [0] * len(texts))
+    labels = ev.predict(ev.torch_forward(teacher), rows, "sequence").y_pred  # gold = the teacher's answers
+    rows = sequence_rows(tok, texts, labels)
+    student = tiny_model(seed=2, initializer_range=0.2)
+    baseline = tiny_model(seed=1)
+    history = [{"step": s, "loss": 1 / s, "eval/accuracy": 0.5 + s / 100} for s in range(1, 20)]
+    report = compare({"teacher": teacher, "kd": student, "no_kd": baseline}, tok, rows, task="sequence",
+                     label_names=["negative", "positive"], out_dir=tmp_path, baseline="no_kd",
+                     curves={"kd": history}, **FAST)
+    saved = json.loads((tmp_path / "report.json").read_text())
+    t, s = saved["models"]["teacher"], saved["models"]["kd"]
+    assert t["metrics"]["accuracy"]["value"] == 1.0 and not saved["preflight"]["near_chance"]
+    assert saved["preflight"]["kappa"] == 1.0 and 0.4 < t["metrics"]["macro_f1"]["value"] == 1.0
+    for key in ("accuracy", "macro_f1"):
+        assert s["retention"][key] == pytest.approx(s["metrics"][key]["value"] / t["metrics"][key]["value"])
+        lo, hi = s["metrics"][key]["ci95"]
+        assert lo <= s["metrics"][key]["value"] <= hi
+    assert s["speedup_p50"] == pytest.approx(t["latency"]["p50_ms"] / s["latency"]["p50_ms"])
+    assert s["size_ratio"] == pytest.approx(s["size_bytes"] / t["size_bytes"])
+    assert s["params_ratio"] == pytest.approx(1.0)  # same architecture
+    assert s["agreement_with_teacher"] == pytest.approx(s["metrics"]["accuracy"]["value"])  # gold = teacher
+    assert t["retention"]["accuracy"] == 1.0 and t["mcnemar"] == {"vs_no_kd": t["mcnemar"]["vs_no_kd"]}
+    assert set(s["mcnemar"]) == {"vs_teacher", "vs_no_kd"}
+    wrong = round(len(rows) * (1 - s["metrics"]["accuracy"]["value"]))
+    assert s["mcnemar"]["vs_teacher"]["b"] == 0 and s["mcnemar"]["vs_teacher"]["c"] == wrong  # b: only kd right
+    assert saved["settings"]["threads"] == 1 and saved["settings"]["n_rows"] == len(rows)
+    assert report["models"]["kd"]["latency"]["p90_ms"] >= report["models"]["kd"]["latency"]["p50_ms"] > 0
+    assert len(saved["plots"]) == 2
+    for path in saved["plots"]:
+        assert_png(path)
+    md = (tmp_path / "report.md").read_text()
+    assert "| **teacher** |" in md and "| kd |" in md and "1 thread(s)" in md and "noise" in md
+
+
+def test_preflight_warns_for_random_head_teacher(caplog):
+    tok, texts = _seq_data(200, seed=3)
+    rows = sequence_rows(tok, texts, np.random.default_rng(0).integers(0, 2, len(texts)))
+    for teacher in (tiny_model(seed=5), tiny_model(seed=0, initializer_range=0.2)):  # constant / varied answers
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            verdict = teacher_preflight(teacher, rows, task="sequence", label_names=["negative", "positive"])
+        assert verdict["near_chance"] and abs(verdict["kappa"]) < 0.1
+        assert any("TEACHER NEAR CHANCE" in r.getMessage() for r in caplog.records)
+    with pytest.raises(DistillError, match="orders its labels"):
+        teacher_preflight(tiny_model(seed=5), rows, task="sequence", label_names=["positive", "negative"])
+
+
+def test_compare_token_task_reports_entity_f1_and_warning(tmp_path):
+    tok = tiny_tokenizer()
+    words = sentences(60, seed=4)
+    rng = np.random.default_rng(1)
+    tags = [[int(t) for t in rng.integers(0, len(TAGS), len(s))] for s in words]
+    rows = token_rows(tok, words, tags)
+    teacher, student = tiny_model("token", labels=TAGS, seed=0), tiny_model("token", labels=TAGS, seed=1)
+    report = compare({"teacher": teacher, "student": student}, tok, rows, task="token", label_names=TAGS,
+                     out_dir=tmp_path, latency_texts=["the film was good", "not very funny"], **FAST)
+    s = report["models"]["student"]
+    assert set(s["metrics"]) == {"entity_f1", "token_accuracy"} and report["settings"]["unit"] == "word"
+    assert report["settings"]["n_units"] == sum(len(w) for w in words)
+    assert report["preflight"]["near_chance"]
+    assert "TEACHER NEAR CHANCE" in (tmp_path / "report.md").read_text()
+
+
+def test_training_curves_from_jsonl(tmp_path):
+    lines = [{"step": s, "loss": 2.0 / s} for s in range(1, 30)] + [{"step": 30, "eval/entity_f1": 0.4}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    path = training_curves({"run": tmp_path, "other": lines[:10]}, tmp_path / "curves.png")
+    assert_png(path)
+    with pytest.raises(DistillError, match="does not exist"):
+        training_curves({"run": tmp_path / "missing"}, tmp_path / "x.png")
