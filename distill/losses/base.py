@@ -151,12 +151,12 @@ class CompositeLoss(nn.Module):
             total = part if total is None else total + part
             parts[name] = part.detach()
             if not isinstance(term.weight, Constant):
-                parts[f"{name}.weight"] = torch.tensor(weight)
+                parts[f"{name}.weight"] = torch.tensor(weight, device=part.device)
             for key, value in term.extras().items():
                 extras.setdefault(key, []).append((name, value))
         for key, values in extras.items():
             for name, value in values:
-                parts[key if len(values) == 1 else f"{name}.{key}"] = torch.tensor(value)
+                parts[key if len(values) == 1 else f"{name}.{key}"] = torch.tensor(value, device=total.device)
         return total, parts
 
     def dry_run_table(self, student_config: BertConfig, teacher_config: BertConfig | None) -> str:
@@ -164,6 +164,6 @@ class CompositeLoss(nn.Module):
         rows = []
         for name, term in self.active().items():
             term.check_teacher(teacher_config)
-            label = f"{name} (w={term.weight!r})"
+            label = f"{name} (w={term.weight})"
             rows += [(label, *row) for row in term.describe(student_config, teacher_config)]
         return format_table(rows)

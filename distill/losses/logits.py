@@ -71,7 +71,7 @@ class _Tempered(_LogitsLoss):
 
     def describe(self, student_config: BertConfig, teacher_config: BertConfig | None) -> list[Row]:
         ((s, t, shapes, proj),) = super().describe(student_config, teacher_config)
-        return [(s, t, f"{shapes}, T={self.temperature!r}", proj)]
+        return [(s, t, f"{shapes}, T={self.temperature}", proj)]
 
 
 class LogitsKL(_Tempered):

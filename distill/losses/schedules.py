@@ -33,6 +33,9 @@ class Constant(Schedule):
     def __repr__(self) -> str:
         return f"Constant({self.value:g})"
 
+    def __str__(self) -> str:
+        return f"{self.value:g}"
+
 
 class Linear(Schedule):
     """Hold ``start`` until ``from_fraction``, ramp linearly to ``end`` at ``to_fraction``, then hold.
@@ -59,6 +62,8 @@ class Linear(Schedule):
 
     def __repr__(self) -> str:
         return f"Linear({self.start:g}→{self.end:g} over {self.from_fraction:g}..{self.to_fraction:g})"
+
+    __str__ = __repr__
 
 
 def as_schedule(value: float | Schedule, what: str) -> Schedule:
