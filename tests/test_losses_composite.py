@@ -159,3 +159,8 @@ def test_linear_schedule_holds_ramps_and_holds():
     warm = Linear(0.0, 1.0, from_fraction=0.2, to_fraction=0.6)
     assert [warm(p) for p in (0.0, 0.2, 0.4, 0.6, 1.0)] == pytest.approx([0.0, 0.0, 0.5, 1.0, 1.0])
     assert (progress_of(-1, 10), progress_of(5, 10), progress_of(12, 10), progress_of(3, 0)) == (0.0, 0.5, 1.0, 1.0)
+
+
+def test_no_loss_file_over_300_lines():
+    files = [*(Path(distill.__file__).parent / "losses").glob("*.py"), Path(distill.__file__).parent / "layer_map.py"]
+    assert {f.name: n for f in files if (n := len(f.read_text().splitlines())) > 300} == {}

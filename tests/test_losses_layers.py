@@ -115,6 +115,9 @@ def test_projection_is_a_trained_parameter_of_the_loss():
     assert list(loss.parameters()) == []
     loss.setup(cfg(2, 4), cfg(4, 6))
     assert [tuple(p.shape) for p in loss.parameters()] == [(6, 4), (6,)]
+    projection = loss.projection
+    loss.setup(cfg(2, 4), cfg(4, 6))  # set up again (a resumed run): the trained projection stays
+    assert loss.projection is projection
 
 
 # --- attention maps ------------------------------------------------------------------------------

@@ -49,8 +49,12 @@ class _HiddenLoss(DistillLoss):
     def setup(self, student_config: BertConfig, teacher_config: BertConfig | None) -> None:
         super().setup(student_config, teacher_config)
         self.layer_map = self.resolve(student_config, teacher_config)
-        if student_config.hidden_size != teacher_config.hidden_size:
-            self.projection = nn.Linear(student_config.hidden_size, teacher_config.hidden_size)
+        hs, ht = student_config.hidden_size, teacher_config.hidden_size
+        if hs == ht:
+            self.projection = None
+        elif self.projection is None or self.projection.weight.shape != (ht, hs):
+            # kept when set up twice with the same widths: its trained weights and optimizer state survive
+            self.projection = nn.Linear(hs, ht)
 
     def select(self, h: Tensor, real: Tensor) -> Tensor:
         """(B, T, H), (B, T) bool → the rows compared, (N, H): every real token."""
