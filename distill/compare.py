@@ -64,6 +64,28 @@ def load(ref, task: str, threads: int = 1):
     return ev.torch_forward(model), {"runtime": "pytorch", "path": str(path)}, model
 
 
+def own_tokenizer(ref):
+    """The tokenizer saved beside a checkpoint dir or ``.onnx`` file (None for a model object)."""
+    if isinstance(ref, torch.nn.Module):
+        return None
+    folder = Path(ref).parent if Path(ref).suffix == ".onnx" else Path(ref)
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
+        return None
+    from distill.models.hub import load_tokenizer
+
+    return load_tokenizer(folder)
+
+
+def latency_inputs(tokenizer, dataset, texts: Sequence[str] | None = None):
+    """Batch-1 and batch-32 inputs from ``texts`` (tokenized here) or the split's first 64 rows."""
+    if not texts:
+        return ev.latency_inputs([dataset[i] for i in range(min(64, len(dataset)))], batch_size=32)
+    if tokenizer is None:
+        raise DistillError("latency_texts need a tokenizer; pass tokenizer=")
+    enc = tokenizer(list(texts), truncation=True, max_length=128)
+    return ev.latency_inputs([dict(zip(enc, vals)) for vals in zip(*enc.values())], batch_size=32)
+
+
 def size_and_params(model, info: dict) -> dict:
     """Bytes of the weights on disk and parameter counts (total, outside embeddings)."""
     if model is None:  # ONNX: the file (and its external data) is the model
@@ -157,20 +179,14 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         raise DistillError(f"teacher={teacher!r} is not among the models {list(models)}; name one of them")
     if baseline is not None and baseline not in models:
         raise DistillError(f"baseline={baseline!r} is not among the models {list(models)}; name one of them")
+    tokenizer = tokenizer or own_tokenizer(models[teacher])
     dataset, names, data_task = eval_split(data, tokenizer, split)
     label_names = list(label_names or names or [])
     task = task or data_task or getattr(models[teacher], "task", None)
     if not label_names or task not in ("sequence", "token"):
         raise DistillError("a tokenized split needs label_names= and task=sequence|token (or pass TaskData)")
     threads = threads or min(4, os.cpu_count() or 1)
-    if latency_texts:
-        if tokenizer is None:
-            raise DistillError("latency_texts need a tokenizer; pass tokenizer=")
-        rows = [dict(zip(enc, vals)) for enc in [tokenizer(list(latency_texts), truncation=True, max_length=128)]
-                for vals in zip(*enc.values())]
-    else:
-        rows = [dataset[i] for i in range(min(64, len(dataset)))]
-    singles, big = ev.latency_inputs(rows, batch_size=32)
+    shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -179,8 +195,17 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         forward, info, model = load(ref, task, threads)
         if model is not None:
             check_labels(model.config, label_names)
+        own = own_tokenizer(ref)
+        if own is None or tokenizer is None or own.get_vocab() == tokenizer.get_vocab():
+            own_split, singles, big = shared
+        elif hasattr(data, "splits"):  # e.g. a vocabulary-trimmed export: its own ids, the same rows
+            own_split = eval_split(data, own, split)[0]
+            own_split, singles, big = (own_split, *latency_inputs(own, own_split, latency_texts))
+        else:
+            raise DistillError(f"model {name!r} has its own vocabulary; pass TaskData (not a tokenized split) "
+                               "so each model is tokenized with its own tokenizer")
         log.info("compare: evaluating %s (%s)", name, info["runtime"])
-        preds[name] = ev.predict(forward, dataset, task, batch_size)
+        preds[name] = ev.predict(forward, own_split, task, batch_size)
         scores = ev.metrics(preds[name], label_names)
         ci = ev.bootstrap(preds[name], label_names, n_boot=n_boot, seed=seed)
         results[name] = {

@@ -228,11 +228,9 @@ def agreement(a: Predictions, b: Predictions) -> float:
 def chance(pred: Predictions) -> dict[str, float]:
     """How far above chance: majority-class rate and Cohen's κ (0 = chance, 1 = perfect)."""
     majority = np.bincount(pred.y_true).max() / len(pred.y_true)
-    if len(np.union1d(pred.y_true, pred.y_pred)) == 1:  # one class only in gold and pred: κ is 0/0
-        kappa = 1.0
-    else:
-        kappa = cohen_kappa_score(pred.y_true, pred.y_pred)
-    return {"majority_rate": float(majority), "kappa": float(np.nan_to_num(kappa))}
+    one_class = len(np.union1d(pred.y_true, pred.y_pred)) == 1  # κ is 0/0 there: call it perfect
+    kappa = 1.0 if one_class else float(cohen_kappa_score(pred.y_true, pred.y_pred))
+    return {"majority_rate": float(majority), "kappa": kappa}
 
 
 # ---------------------------------------------------------------- latency

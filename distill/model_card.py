@@ -1,0 +1,76 @@
+"""The model card (README.md) of an export dir: what the model is, how it compares, how it was made."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from distill.models.student import count_parameters
+
+
+def _recipe_text(recipe: str | os.PathLike | Mapping) -> str:
+    if isinstance(recipe, Mapping):
+        return json.dumps(recipe, indent=2, default=str)
+    path = Path(recipe)
+    return path.read_text() if path.is_file() else str(recipe)
+
+
+def _exports_table(results: Sequence[dict]) -> list[str]:
+    lines = ["| format | path | size MB | check |", "|---|---|---|---|"]
+    for r in results:
+        if r["format"] == "trim_vocab":
+            check = (f"{r['vocab_before']} → {r['vocab_after']} tokens ({r['bytes_saved'] / 2**20:.2f} MB saved); "
+                     f"identical predictions on {r['n_texts']} training texts")
+            if "check_unchanged" in r:
+                check += (f"; validation: {100 * r['check_unchanged']:.1f}% predictions unchanged, "
+                          f"{100 * r['check_unk_rate']:.1f}% tokens now [UNK]")
+            lines.append(f"| vocabulary trim | – | – | {check} |")
+            continue
+        check = f"max abs logit diff vs PyTorch {r['parity_max_abs_diff']:.1e}"
+        if r.get("parity_tolerance") is not None:
+            check += f" (≤ {r['parity_tolerance']:g} on shapes {r['checked_shapes']})"
+        if r["format"] == "int8":
+            check += f"; p50 latency {r['speedup_vs_fp32']:.2f}× faster than fp32 PyTorch ({r['threads']} thread(s))"
+            if r.get("metric_change") is not None:
+                check += (f"; {r['metric']} {100 * r['metric_fp32']:.2f} → {100 * r['metric_int8']:.2f} "
+                          f"({100 * r['metric_change']:+.2f} pts on {r['eval_rows']} validation rows)")
+        rel = Path(r["path"]).name if r["format"] != "hf" else ""
+        lines.append(f"| {r['format']} | `{r['format']}/{rel}` | {r['size_bytes'] / 2**20:.2f} | {check} |")
+    return lines
+
+
+def write_model_card(out: str | os.PathLike, model, label_names: Sequence[str], results: Sequence[dict],
+                     recipe: str | os.PathLike | Mapping | None = None,
+                     compare_report: str | os.PathLike | Mapping | None = None) -> Path:
+    """Write ``out/README.md`` and return its path."""
+    c, task = model.config, model.task
+    n = count_parameters(model)
+    pipeline_tag = "token-classification" if task == "token" else "text-classification"
+    lines = [
+        "---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags: [distillation, bert]", "---", "",
+        f"# Distilled BERT for {pipeline_tag.replace('-', ' ')}", "",
+        f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, vocabulary "
+        f"{c.vocab_size}: {n['total'] / 1e6:.2f}M parameters ({n['non_embedding'] / 1e6:.2f}M outside the "
+        "embeddings). Made with `distill`; every export below was checked against the PyTorch model.", "",
+        "Labels: " + ", ".join(f"`{i}` = {name}" for i, name in enumerate(label_names)), "",
+        "## Use", "", "```python", "from transformers import pipeline",
+        f'clf = pipeline("{pipeline_tag}", model="hf")', 'print(clf("a gripping, beautifully shot film."))', "",
+        "import onnxruntime, transformers  # or, without PyTorch:",
+        'tok = transformers.AutoTokenizer.from_pretrained("onnx")',
+        'sess = onnxruntime.InferenceSession("int8/model.onnx")',
+        'logits = sess.run(None, dict(tok(["so good"], return_tensors="np")))[0]', "```", "",
+        "## Exports", "", *_exports_table(results), "",
+    ]
+    if compare_report is not None:
+        from distill.compare import table
+
+        report = compare_report if isinstance(compare_report, Mapping) else json.loads(Path(compare_report).read_text())
+        lines += ["## Compared with the teacher", "", table(report), *[f"- {x}" for x in report.get("notes", [])], ""]
+    if recipe is not None:
+        lines += ["## Recipe", "", "```yaml", _recipe_text(recipe).rstrip(), "```", ""]
+    path = Path(out) / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    return path
