@@ -54,6 +54,7 @@ class Table:
     columns: dict[str, list]
     origin: str
     label_names: list[str] | None = None  # published names (a hub ClassLabel); ids index them
+    renamed: dict[str, str] = field(default_factory=dict)  # canonical column → the user's name
 
 
 def cache_dir() -> Path:
@@ -79,7 +80,7 @@ def _check_text(values: list, column: str, origin: str, words: bool) -> None:
         if not ok:
             raise DistillError(
                 f"{origin} row {row}: column {column!r} holds {value!r} ({type(value).__name__}), not {want}; "
-                f"fix that row or point the text column at the right column"
+                "fix that row or point text_column at the right column"
             )
 
 
@@ -122,9 +123,9 @@ def assemble(
         if not next(iter(cols.values()), []):
             raise DistillError(f"{table.origin} has no rows; give a file with at least one example")
         text_col = "tokens" if task == "token" else "text"
-        _check_text(cols[text_col], text_col, table.origin, words=task == "token")
+        _check_text(cols[text_col], table.renamed.get(text_col, text_col), table.origin, words=task == "token")
         if "text_pair" in cols:
-            _check_text(cols["text_pair"], "text_pair", table.origin, words=False)
+            _check_text(cols["text_pair"], table.renamed.get("text_pair", "text_pair"), table.origin, words=False)
         columns[split] = dict(cols)
     label_col = {"sequence": "label", "token": "tags"}.get(task)
     label_names = label_names if label_names is not None else tables["train"].label_names
@@ -153,6 +154,7 @@ def assemble(
 
     missing = [(s, f) for s, f in (("test", test_fraction), ("validation", validation_fraction))
                if s not in columns and f]
+    pool = len(columns["train"][text_col])
     if missing:
         parts = carve(_keys(columns["train"], task), missing)
         train = columns.pop("train")
@@ -163,8 +165,8 @@ def assemble(
         cols = columns[split]
         if not cols[text_col]:
             raise DistillError(
-                f"the {split} split is empty ({len(columns['train'][text_col])} train rows); "
-                "give more rows or a separate file for it"
+                f"the {split} split is empty ({pool} train rows{' before carving ' if missing else ''}"
+                f"{' and '.join(s for s, _ in missing)}); give more rows or a separate {split} file"
             )
         cols = _take(cols, hash_order(_keys(cols, task)))
         out[split] = datasets.Dataset.from_dict(cols, features=_features(cols, task, names), split=split)

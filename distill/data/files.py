@@ -101,9 +101,11 @@ def _read_file(path: Path, task: str, wanted: dict[str, str | None]) -> Table:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train",
                                    cache_dir=str(cache_dir() / "hf"), **kwargs)
     except Exception as e:  # parser errors of pandas / pyarrow / json all mean "the file is malformed"
+        if "corresponds to no data" in str(e):  # a header and no rows
+            raise DistillError(f"{origin} has no rows; give a file with at least one example") from None
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise DistillError(f"could not read {origin} as {fmt} ({type(e).__name__}: {first}); fix the file") from None
-    return Table(_columns(ds, wanted, origin), origin)
+    return Table(_columns(ds, wanted, origin), origin, renamed={c: col for c, col in wanted.items() if col})
 
 
 def files(
@@ -194,7 +196,7 @@ def hub(
                 log.info("hub %s: split %r has no labels; carving %s from train instead", name, split, canonical)
                 continue
             names = _class_names(ds.features[wanted[label_key]]) if label_key else None
-            tables[canonical] = Table(cols, f"{name}[{split}]", names)
+            tables[canonical] = Table(cols, f"{name}[{split}]", names, {c: col for c, col in wanted.items() if col})
         return tables
 
     key = {"hub": name, "config": config, "revision": revision, "columns": wanted}

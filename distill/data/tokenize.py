@@ -109,8 +109,8 @@ def _features(task: str) -> datasets.Features:
 
 def tokenize(data: TaskData, tokenizer, max_length: int = 128) -> datasets.DatasetDict:
     """``TaskData`` → tokenized ``DatasetDict`` (columns in the module docstring); cached on disk."""
-    if not isinstance(max_length, int) or max_length < 8:
-        raise DistillError(f"max_length={max_length!r} must be an integer of at least 8 tokens")
+    if not isinstance(max_length, int) or max_length < 4:
+        raise DistillError(f"max_length={max_length!r} must be an integer of at least 4 tokens")
     limit = getattr(tokenizer, "model_max_length", None) or 0
     if 0 < limit < 10**6 and max_length > limit:
         raise DistillError(f"max_length={max_length} exceeds the tokenizer's model_max_length {limit}; lower it")
@@ -157,7 +157,7 @@ def summarize(data: TaskData, tokenized: datasets.DatasetDict) -> str:
     rows = ", ".join(f"{s} {len(d):,}" for s, d in tokenized.items())
     if data.task == "raw":
         docs = sum(len(d) for d in data.splits.values())
-        rows = f"{rows} chunks from {docs:,} texts"
+        rows = f"{rows} (chunks of {docs:,} texts)"
     parts = [f"data {data.name or '?'} ({data.task}): {rows}"]
     train = data.splits.get("train")
     if train is not None and data.label_names:
