@@ -104,6 +104,14 @@ def test_token_files_jsonl_and_conll(tmp_path):
     assert data.splits["test"][0]["tags"] == [2, 0, 1, 0]
 
 
+def test_raw_text_file_one_text_per_line(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("".join(f"sentence number {i}\n\n" for i in range(30)))
+    data = sources.files(path, task="raw")
+    assert data.task == "raw" and data.label_names == []
+    assert {s: len(d) for s, d in data.splits.items()} == {"train": 27, "validation": 3}
+
+
 def test_hub_offline_is_one_line(monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     one_line_error(lambda: sources.hub("no-such-user/no-such-dataset"), "could not load", "data=files")

@@ -93,8 +93,11 @@ def _read_file(path: Path, task: str, wanted: dict[str, str | None]) -> Table:
     if fmt is None:
         raise DistillError(f"{origin}: unknown file type {path.suffix!r}; use {', '.join(sorted(FORMATS))}")
     if fmt == "conll":
+        if task == "raw" and path.suffix.lower() == ".txt":  # plain text, one example per line
+            lines = [line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines()]
+            return Table({"text": [line for line in lines if line]}, origin)
         if task != "token":
-            raise DistillError(f"{origin} is a token<TAB>tag file; set task=token (or give csv/json/parquet)")
+            raise DistillError(f"{origin} is read as token<TAB>tag lines; set task=token (or task=raw for .txt)")
         return read_conll(path, origin)
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
     try:
@@ -125,7 +128,8 @@ def files(
     """Local files → ``TaskData``. Missing validation/test splits are carved from train by hash.
 
     ``text_column`` defaults to "text" ("tokens" for ``task="token"``), ``label_column`` to "label"
-    ("tags"); labels may be names or int ids. ``.conll``/``.txt`` files are ``token<TAB>tag`` lines.
+    ("tags"); labels may be names or int ids. ``.conll``/``.txt`` files are ``token<TAB>tag`` lines
+    (``task="token"``); a ``.txt`` file with ``task="raw"`` is one text per line.
     """
     paths = {"train": train_file, "validation": validation_file, "test": test_file}
     paths = {split: Path(os.path.expanduser(str(p))) for split, p in paths.items() if p is not None}
