@@ -238,9 +238,15 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     is_taskdata = hasattr(eval_data, "splits")
     names = list(label_names or (eval_data.label_names if is_taskdata else []))
     if names:
+        from distill.compare import check_labels
+
         if len(names) != model.config.num_labels:
             raise DistillError(f"{len(names)} label names {names} for a model with {model.config.num_labels} "
                                "labels; pass the dataset the model was trained on")
+        unnamed = all(n.startswith("LABEL_") for n in model.config.id2label.values())
+        renamed = check_labels(model.config, names)  # a reordering raises
+        if renamed and not unnamed:
+            log.warning("export: %s; the export uses the data's names", renamed)
         model.config.id2label = dict(enumerate(names))
         model.config.label2id = {n: i for i, n in enumerate(names)}
     names = [model.config.id2label[i] for i in range(model.config.num_labels)]
@@ -298,7 +304,9 @@ def summary_line(result: dict) -> str:
     size = "" if result.get("size_bytes") is None else f"{result['size_bytes'] / 2**20:8.2f} MB"
     if result["format"] == "trim_vocab":
         return (f"{'trim_vocab':12s} {result['vocab_before']} → {result['vocab_after']} tokens, "
-                f"{result['bytes_saved'] / 2**20:.2f} MB saved, identical predictions on {result['n_texts']} texts")
+                f"{result['bytes_saved'] / 2**20:.2f} MB saved, identical predictions on {result['n_texts']} texts"
+                + (f"; validation: {100 * result['check_unchanged']:.1f}% unchanged, "
+                   f"{100 * result['check_unk_rate']:.1f}% tokens [UNK]" if "check_unchanged" in result else ""))
     extra = ""
     if result["format"] == "int8" and result.get("metric_change") is not None:
         extra = f"  {result['metric']} {100 * result['metric_change']:+.2f} pts"

@@ -64,7 +64,7 @@ def write_model_card(out: str | os.PathLike, model, label_names: Sequence[str], 
         "## Exports", "", *_exports_table(results), "",
     ]
     if compare_report is not None:
-        from distill.compare import table
+        from distill.report import table
 
         report = compare_report if isinstance(compare_report, Mapping) else json.loads(Path(compare_report).read_text())
         lines += ["## Compared with the teacher", "", table(report), *[f"- {x}" for x in report.get("notes", [])], ""]

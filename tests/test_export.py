@@ -130,6 +130,9 @@ def test_export_mistakes_are_one_line_errors(tmp_path):
         export(run, tmp_path / "e", ["hf"], trim_vocab=True)
     with pytest.raises(DistillError, match="3 label names"):
         export(run, tmp_path / "e", ["hf"], label_names=["a", "b", "c"])
+    _, named = saved(tmp_path / "named", labels=("negative", "positive"))
+    with pytest.raises(DistillError, match="orders its labels"):  # data in another order: never relabel silently
+        export(named, tmp_path / "e", ["hf"], label_names=["positive", "negative"])
 
 
 def test_export_from_task_data_with_trimmed_vocab(tmp_path, monkeypatch):
