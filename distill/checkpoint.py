@@ -1,0 +1,82 @@
+"""Atomic, pruned training checkpoints on top of ``accelerator.save_state`` / ``load_state``.
+
+A checkpoint is written into ``checkpoints/.tmp-step_N`` and renamed to ``checkpoints/step_N`` only
+once complete (``os.replace`` is atomic on one filesystem), so a crash mid-write leaves the previous
+checkpoint as the newest valid one. ``trainer_state.json`` holds the loop's own counters as JSON;
+no pickles are written or read beyond accelerate's own (which it loads with ``weights_only``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.json"
+
+
+def checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``root/checkpoints``, oldest first."""
+    folder = Path(root) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    done = [p for p in folder.glob("step_*") if (p / STATE_FILE).is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: dict, keep_last: int) -> Path:
+    """Save model/optimizer/scheduler/RNG (+ ``state``) atomically; keep the newest ``keep_last``."""
+    folder = Path(root) / "checkpoints"
+    final = folder / f"step_{state['global_step']:08d}"
+    tmp = folder / f".tmp-{final.name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoints(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None) -> dict | None:
+    """Restore the newest loadable checkpoint (``spec="auto"``) or the one at path ``spec``.
+
+    Returns the loop state saved with it, or None when there is nothing to resume from. A corrupt
+    newest checkpoint is skipped with a log line and the one before it is used.
+    """
+    if not spec:
+        return None
+    if spec == "auto":
+        candidates = list(reversed(checkpoints(root)))
+    else:
+        path = Path(spec)
+        if not (path / STATE_FILE).is_file():
+            raise DistillError(f"resume={spec!r} is not a complete checkpoint dir; use resume=auto or null")
+        candidates = [path]
+    for path in candidates:
+        try:
+            accelerator.load_state(str(path))
+            state = json.loads((path / STATE_FILE).read_text())
+        except Exception as e:  # a truncated/corrupt file: fall back to the previous checkpoint
+            log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__, e)
+            continue
+        log.info("resumed from %s (step %d)", path, state["global_step"])
+        return state
+    if spec != "auto" or candidates:
+        raise DistillError(f"no loadable checkpoint under {Path(root) / 'checkpoints'}; delete it or set resume=null")
+    return None

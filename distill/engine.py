@@ -1,0 +1,269 @@
+"""The distillation loop, and nothing else: Accelerate does devices, DDP, AMP and checkpoints.
+
+    batch ─┬─ teacher (frozen, eval, no_grad; or the logits cache) ──┐
+           └─ student ── ModelOutputs ──────────────── CompositeLoss ─┴→ backward → step
+
+Fine-tuning is the same loop with a hard-label-only loss and ``teacher=None``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from distill.checkpoint import resume, save_checkpoint
+from distill.errors import DistillError
+from distill.metrics import compute_metrics, main_metric
+from distill.outputs import ModelOutputs
+from distill.teacher_cache import TeacherCache
+
+log = logging.getLogger(__name__)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass
+class TrainerConfig:
+    """Every knob of the loop; a Hydra ``trainer`` node instantiates this dataclass."""
+
+    epochs: float = 3.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    scheduler: str = "linear"  # any transformers.get_scheduler name
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    seed: int = 0
+    split_batches: bool = False  # True: the loader's batch is the global batch, split over processes
+    eval_every: int | None = None  # steps; None = at the end of every epoch
+    save_every: int | None = None  # steps; None = at the end of every epoch
+    keep_last: int = 2
+    early_stopping_patience: int | None = None  # evaluations without improvement
+    max_nonfinite: int = 5  # non-finite losses in a row before stopping
+    log_every: int = 10
+    teacher_cache: bool = True
+    cache_dir: str | None = None  # default: <run dir>/teacher_cache
+    resume: str | None = "auto"
+    load_best_at_end: bool = True
+    log_with: str | None = None  # wandb | tensorboard | None
+    project: str = "distill"
+    wandb_mode: str = "offline"
+
+
+def flags(needs: frozenset[str]) -> dict[str, bool]:
+    """What a model must return for losses that read ``needs`` (none → the SDPA fast path)."""
+    return {"output_hidden_states": "hidden_states" in needs, "output_attentions": "attentions" in needs,
+            "output_qkv": "qkv" in needs}
+
+
+class StudentWithLoss(nn.Module):
+    """Student + loss (with its projections) as one module, so DDP syncs both and export takes
+    ``.student`` alone."""
+
+    def __init__(self, student: nn.Module, loss: nn.Module):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, batch: dict, teacher_out: ModelOutputs | None):
+        out = self.student(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, **flags(self.loss.needs))
+        return self.loss(out, teacher_out, batch)
+
+
+def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, label_names) -> dict:
+    """Main-metric evaluation over a (prepared) loader; padding duplicates dropped by gather."""
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        with torch.no_grad(), accelerator.autocast():
+            logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
+        p, y = logits.argmax(-1), batch["labels"]
+        if task == "token":  # (B, T): equal T on every process before gathering
+            p = accelerator.pad_across_processes(p, dim=1, pad_index=-100)
+            y = accelerator.pad_across_processes(y, dim=1, pad_index=-100)
+        p, y = accelerator.gather_for_metrics((p, y))
+        preds += list(p.cpu().numpy()) if task == "token" else p.cpu().tolist()
+        labels += list(y.cpu().numpy()) if task == "token" else y.cpu().tolist()
+    if task == "token":  # sentences of different padded lengths → one (N, T_max) array
+        width = max(len(r) for r in labels)
+        pad = lambda rows: [list(r) + [-100] * (width - len(r)) for r in rows]  # noqa: E731
+        preds, labels = pad(preds), pad(labels)
+    model.train()
+    return compute_metrics(task, preds, labels, label_names)
+
+
+def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
+          task: str, label_names=(), teacher: nn.Module | None = None, cache_key: str | None = None,
+          run_config: dict | None = None) -> dict:
+    """Train ``student`` on ``loss`` (distillation when ``teacher`` is given). Returns a summary."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
+        log_with=cfg.log_with, project_dir=str(out),
+        dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
+                                                  data_seed=cfg.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=any(True for _ in loss.parameters()))],
+    )
+    set_seed(cfg.seed)
+    if loss.uses_teacher and teacher is None:
+        raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
+    module = StudentWithLoss(student, loss)
+    decay = [p for n, p in module.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
+    no_decay = [p for n, p in module.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes if not cfg.split_batches else 1)
+                          / cfg.grad_accum)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
+    scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    module, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
+        module, optimizer, train_loader, eval_loader, scheduler)
+    plain = accelerator.unwrap_model(module)
+    if teacher is not None:  # outside prepare: never wrapped by DDP, never in the optimizer
+        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    cache = None
+    if teacher is not None and cfg.teacher_cache and cache_key and plain.loss.needs <= {"logits"}:
+        n, c = len(train_loader.dataset), teacher.config.num_labels
+        shape = (c,) if task == "sequence" else (teacher.config.max_position_embeddings, c)
+        with accelerator.main_process_first():
+            cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
+    if accelerator.is_main_process and cfg.log_with:
+        accelerator.init_trackers(cfg.project, config=run_config or asdict(cfg),
+                                  init_kwargs={"wandb": {"mode": cfg.wandb_mode, "dir": str(out)}})
+    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "best_step": None,
+             "bad_evals": 0, "nonfinite": 0, "teacher_calls": 0}
+    state.update(resume(accelerator, out, cfg.resume) or {})
+    history, in_a_row, stop = [], 0, False
+    log_file = out / "metrics.jsonl"
+
+    def teacher_outputs(batch):
+        if not plain.loss.uses_teacher:
+            return None
+        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+        if cache is not None:
+            hit = cache.get(batch["idx"], batch["input_ids"].shape[1] if task == "token" else None)
+            if hit is not None:
+                return ModelOutputs(logits=hit.to(accelerator.device), attention_mask=batch["attention_mask"])
+        state["teacher_calls"] += 1
+        with torch.no_grad(), accelerator.autocast():
+            t_out = teacher(**inputs, **flags(plain.loss.needs))
+        if cache is not None:
+            cache.put(batch["idx"], t_out.logits)
+        return t_out
+
+    def evaluate_and_track():
+        if eval_loader is None:
+            return False
+        state["eval_step"] = state["global_step"]
+        metrics = evaluate(accelerator, plain.student, eval_loader, task, label_names)
+        key = main_metric(task)
+        if state["best"] is None or metrics[key] > state["best"]:
+            state.update(best=metrics[key], best_step=state["global_step"], bad_evals=0)
+            if accelerator.is_main_process:
+                from distill.models.hub import save_pretrained
+                save_pretrained(plain.student, out / "best")
+        else:
+            state["bad_evals"] += 1
+        record({f"eval/{k}": v for k, v in metrics.items()})
+        return cfg.early_stopping_patience is not None and state["bad_evals"] >= cfg.early_stopping_patience
+
+    def record(values: dict):
+        values = {"step": state["global_step"], **values}
+        history.append(values)
+        accelerator.log(values, step=state["global_step"])
+        if accelerator.is_main_process:
+            with open(log_file, "a") as f:
+                f.write(json.dumps(values) + "\n")
+
+    def checkpoint():
+        if state.get("saved_step") != state["global_step"]:
+            state["saved_step"] = state["global_step"]
+            save_checkpoint(accelerator, out, state, cfg.keep_last)
+
+    module.train()
+    bar = tqdm(total=total, initial=state["global_step"], disable=not accelerator.is_local_main_process,
+               desc="distill" if teacher is not None else "fine-tune")
+    sums, count, t0, seen = {}, 0, time.perf_counter(), 0
+    while state["global_step"] < total and not stop:
+        train_loader.set_epoch(state["epoch"])
+        loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
+            if state["batches_in_epoch"] else train_loader
+        for batch in loader:
+            state["batches_in_epoch"] += 1
+            plain.loss.set_progress(state["global_step"], total)
+            with accelerator.accumulate(module):
+                teacher_out = teacher_outputs(batch)
+                loss_value, parts = module(batch, teacher_out)
+                finite = accelerator.reduce(torch.isfinite(loss_value.detach()).float(), "min")
+                if finite.item() == 0:  # every process skips the same step
+                    state["nonfinite"] += 1
+                    in_a_row += 1
+                    log.warning("non-finite loss at step %d skipped (%d in a row)", state["global_step"], in_a_row)
+                    optimizer.zero_grad(set_to_none=True)
+                    if in_a_row >= cfg.max_nonfinite:
+                        raise DistillError(
+                            f"{in_a_row} non-finite losses in a row at step {state['global_step']}; lower trainer.lr, "
+                            "use mixed_precision=bf16 instead of fp16, or check the data for empty rows")
+                    continue
+                in_a_row = 0
+                accelerator.backward(loss_value)
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for name, value in parts.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            count += 1
+            seen += batch["input_ids"].shape[0] * (1 if cfg.split_batches else accelerator.num_processes)
+            if not accelerator.sync_gradients:
+                continue
+            state["global_step"] += 1
+            bar.update(1)
+            step = state["global_step"]
+            if step % cfg.log_every == 0 or step == total:
+                rate = seen / (time.perf_counter() - t0)
+                values = {f"train/{k}": v / count for k, v in sums.items()}
+                values.update({"train/lr": scheduler.get_last_lr()[0], "train/samples_per_s": rate,
+                               "train/nonfinite": state["nonfinite"]})
+                record(values)
+                bar.set_postfix(loss=f"{values.get('train/total', float('nan')):.4f}", sps=f"{rate:.0f}")
+                sums, count, t0, seen = {}, 0, time.perf_counter(), 0
+            end_of_epoch = state["batches_in_epoch"] >= len(train_loader)
+            if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
+                stop = evaluate_and_track()
+            if end_of_epoch:
+                state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
+            if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and end_of_epoch):
+                checkpoint()
+            if stop or step >= total:
+                break
+        else:  # the loader ran out (possible when non-finite steps were skipped)
+            if state["batches_in_epoch"]:
+                state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
+    bar.close()
+    if cache is not None:
+        cache.flush()
+    if state.get("eval_step") != state["global_step"]:
+        evaluate_and_track()
+    checkpoint()
+    if cfg.load_best_at_end and (out / "best").is_dir():
+        from distill.models.hub import load_state_dict, load_weights
+        load_weights(plain.student, load_state_dict(out / "best"), str(out / "best"))
+    accelerator.end_training()
+    return {"steps": state["global_step"], "best": state["best"], "best_step": state["best_step"],
+            "nonfinite": state["nonfinite"], "teacher_calls": state["teacher_calls"],
+            "num_processes": accelerator.num_processes, "history": history, "student": plain.student}

@@ -1,0 +1,95 @@
+"""A tiny, fully deterministic distillation setup for loop tests (also run as a subprocess)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from torch import nn
+
+from distill.engine import TrainerConfig
+from distill.models import bert
+from tests.conftest import tiny_config
+
+
+class KDTestLoss(nn.Module):
+    """Logits KL (T=2) + CE, the engine-facing interface of distill.losses without its internals."""
+
+    needs = frozenset({"logits"})
+    uses_teacher = True
+
+    def __init__(self, with_teacher: bool = True):
+        super().__init__()
+        self.uses_teacher = with_teacher
+
+    def setup(self, student_config, teacher_config):
+        pass
+
+    def set_progress(self, step, total_steps):
+        self.progress = step / total_steps
+
+    def forward(self, student, teacher, batch):
+        ce = F.cross_entropy(student.logits, batch["labels"])
+        parts = {"hard": ce.detach()}
+        total = ce
+        if self.uses_teacher:
+            kl = F.kl_div(F.log_softmax(student.logits / 2, -1), F.softmax(teacher.logits.float() / 2, -1),
+                          reduction="batchmean") * 4
+            parts["kd"] = kl.detach()
+            total = total + kl
+        parts["total"] = total.detach()
+        return total, parts
+
+
+def dataset(n: int = 48, seed: int = 0, length: int = 12) -> Dataset:
+    """Label 1 iff token 7 occurs; variable lengths so batches carry padding."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "attention_mask": [], "token_type_ids": [], "labels": [], "idx": []}
+    for i in range(n):
+        size = int(torch.randint(4, length, (1,), generator=g))
+        ids = torch.randint(8, 99, (size,), generator=g)
+        label = i % 2
+        if label:
+            ids[int(torch.randint(1, size, (1,), generator=g))] = 7
+        rows["input_ids"].append([1] + ids.tolist())
+        rows["attention_mask"].append([1] * (size + 1))
+        rows["token_type_ids"].append([0] * (size + 1))
+        rows["labels"].append(label)
+        rows["idx"].append(i)
+    return Dataset.from_dict(rows)
+
+
+def collate(rows):
+    T = max(len(r["input_ids"]) for r in rows)
+    out = {}
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        out[key] = torch.tensor([r[key] + [0] * (T - len(r[key])) for r in rows])
+    out["labels"] = torch.tensor([r["labels"] for r in rows])
+    out["idx"] = torch.tensor([r["idx"] for r in rows])
+    return out
+
+
+def loaders(batch_size: int = 8, n: int = 48):
+    # its own generator: creating an iterator then never draws from the global RNG (exact resume)
+    train = torch.utils.data.DataLoader(dataset(n, 0), batch_size=batch_size, shuffle=True, collate_fn=collate,
+                                        generator=torch.Generator().manual_seed(0))
+    val = torch.utils.data.DataLoader(dataset(16, 1), batch_size=batch_size, collate_fn=collate)
+    return train, val
+
+
+def models(dropout: float = 0.0):
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    teacher = bert.BertForSequenceClassification(config)
+    teacher.init_weights()
+    student = bert.BertForSequenceClassification(tiny_config(num_labels=2, num_hidden_layers=1,
+                                                             hidden_dropout_prob=dropout,
+                                                             attention_probs_dropout_prob=dropout))
+    student.init_weights()
+    return teacher, student
+
+
+def config(**changes) -> TrainerConfig:
+    base = dict(epochs=2, lr=1e-3, warmup_ratio=0.0, log_every=2, keep_last=2, teacher_cache=False)
+    base.update(changes)
+    return TrainerConfig(**base)

@@ -1,0 +1,160 @@
+"""The loop: exact resume after SIGKILL, atomic checkpoints, 2 processes, teacher cache, NaNs, wandb."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import distill.checkpoint
+from distill.engine import train
+from distill.errors import DistillError
+from tests import engine_helpers as H
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(out, *flags):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "tests.run_tiny_training", str(out), *flags], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_sigkilled_run_resumes_to_identical_weights(tmp_path):
+    full = _run(tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _run(tmp_path / "resumed", "--kill-after-first-checkpoint")
+    assert killed.returncode == -9  # SIGKILL, not a clean exit
+    assert [p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()] == ["step_00000003"]
+    resumed = _run(tmp_path / "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(tmp_path / "full" / "final.safetensors")
+    b = load_file(tmp_path / "resumed" / "final.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeypatch):
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    train(H.config(epochs=1), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence", "ab",
+          teacher=teacher)
+    good = distill.checkpoint.checkpoints(tmp_path)
+    assert [p.name for p in good] == ["step_00000006"]
+
+    def crash_midway(self, output_dir, **kwargs):
+        Path(output_dir, "model.safetensors").write_bytes(b"half a file")
+        raise OSError("power cut")
+
+    monkeypatch.setattr("accelerate.Accelerator.save_state", crash_midway)
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    with pytest.raises(OSError, match="power cut"):
+        train(H.config(epochs=2, resume=None), student, H.KDTestLoss(), train_loader, val_loader, tmp_path,
+              "sequence", "ab", teacher=teacher)
+    monkeypatch.undo()
+    assert distill.checkpoint.checkpoints(tmp_path) == good  # the torn write is not a checkpoint
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    result = train(H.config(epochs=2), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence",
+                   "ab", teacher=teacher)
+    assert result["steps"] == 12  # resumed at 6, finished the second epoch
+
+
+def test_two_processes_match_one_process_with_same_global_batch(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "tests.run_two_process", str(tmp_path / "two")]
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "num_processes 2" in run.stdout  # two real gloo processes, asserted inside each rank
+    two = load_file(tmp_path / "two" / "final.safetensors")
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders(batch_size=8)
+    result = train(H.config(epochs=2, load_best_at_end=False), student, H.KDTestLoss(), train_loader, val_loader,
+                   tmp_path / "one", "sequence", "ab", teacher=teacher)
+    assert result["num_processes"] == 1
+    one = result["student"].state_dict()
+    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5
+
+
+class CountingTeacher(torch.nn.Module):
+    def __init__(self, teacher):
+        super().__init__()
+        self.teacher, self.config, self.calls = teacher, teacher.config, 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self.teacher(*args, **kwargs)
+
+
+def _epoch_losses(tmp_path, name, cache):
+    teacher, student = H.models()
+    counting = CountingTeacher(teacher)
+    train_loader, val_loader = H.loaders()
+    result = train(H.config(epochs=2, teacher_cache=cache, log_every=1, load_best_at_end=False), student,
+                   H.KDTestLoss(), train_loader, val_loader, tmp_path / name, "sequence", "ab",
+                   teacher=counting, cache_key="k1")
+    kd = [h["train/kd"] for h in result["history"] if "train/kd" in h]
+    return kd, counting.calls
+
+
+def test_teacher_cache_skips_teacher_in_epoch_two_with_same_losses(tmp_path):
+    online, online_calls = _epoch_losses(tmp_path, "online", cache=False)
+    cached, cached_calls = _epoch_losses(tmp_path, "cached", cache=True)
+    assert online_calls == 12 and cached_calls == 6  # 6 batches per epoch; epoch 2 reads the cache
+    assert len(online) == len(cached) == 12
+    assert max(abs(a - b) for a, b in zip(online, cached)) <= 1e-3
+
+
+class NaNOnBatches(H.KDTestLoss):
+    def __init__(self, bad_steps):
+        super().__init__()
+        self.bad_steps, self.calls = set(bad_steps), 0
+
+    def forward(self, student, teacher, batch):
+        total, parts = super().forward(student, teacher, batch)
+        self.calls += 1
+        if self.calls in self.bad_steps:
+            total = total * float("nan")
+        return total, parts
+
+
+def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    result = train(H.config(epochs=1), student, NaNOnBatches({2}), train_loader, val_loader, tmp_path / "one",
+                   "sequence", "ab", teacher=teacher)
+    assert result["nonfinite"] == 1 and result["steps"] == 6  # the skipped batch is made up from epoch 2
+    assert "non-finite loss at step 1 skipped" in caplog.text
+    assert all(torch.isfinite(p).all() for p in result["student"].parameters())
+    teacher, student = H.models()
+    with pytest.raises(DistillError, match="3 non-finite losses in a row"):
+        train(H.config(epochs=1, max_nonfinite=3), student, NaNOnBatches({2, 3, 4}), train_loader, val_loader,
+              tmp_path / "three", "sequence", "ab", teacher=teacher)
+
+
+def test_wandb_offline_run_dir_holds_logged_keys(tmp_path):
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    train(H.config(epochs=1, log_with="wandb"), student, H.KDTestLoss(), train_loader, val_loader, tmp_path,
+          "sequence", "ab", teacher=teacher)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    records = b"".join(p.read_bytes() for p in runs[0].glob("*.wandb"))  # the offline run's record log
+    for key in ("train/kd", "train/hard", "train/lr", "train/samples_per_s", "eval/accuracy"):
+        assert key.encode() in records, key
+
+
+def test_finetuning_without_teacher_learns_the_task(tmp_path):
+    _, student = H.models()
+    train_loader, val_loader = H.loaders(n=96)
+    result = train(H.config(epochs=8, lr=3e-3), student, H.KDTestLoss(with_teacher=False), train_loader,
+                   val_loader, tmp_path, "sequence", "ab")
+    assert result["teacher_calls"] == 0
+    assert result["best"] >= 0.8  # chance is 0.5
