@@ -67,9 +67,12 @@ def make_dataloader(dataset, collator: Collator, batch_size: int, shuffle: bool,
         raise DistillError(f"batch_size={batch_size!r} must be a positive integer")
     if len(dataset) == 0:
         raise DistillError("cannot batch an empty dataset; check the split and limit")
+    # The loader's own generator: creating an iterator then never draws from the global RNG, so a
+    # resumed run's dropout masks continue exactly where the interrupted run's stopped.
+    generator = torch.Generator().manual_seed(seed)
     if group_by_length:
         sampler = LengthGroupedBatchSampler(lengths(dataset), batch_size, shuffle=shuffle, seed=seed,
                                             drop_last=drop_last)
-        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collator, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, sampler=SeededShuffle(len(dataset), seed) if shuffle else None,
-                      collate_fn=collator, drop_last=drop_last)
+                      collate_fn=collator, drop_last=drop_last, generator=generator)
