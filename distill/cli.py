@@ -1,48 +1,205 @@
-"""`distill` command line. `distill check`: load the packaged teacher, build a 2-layer student,
-print parameter counts and a parity check against transformers."""
+"""`distill` command line.
+
+    distill train recipe=NAME [key=value ...]      one training run (KD or fine-tuning), Hydra overrides
+    distill pipeline recipe=NAME [key=value ...]   fine-tune teacher → distill → no-KD baseline → compare → export
+    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR]
+    distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
+    distill recipes                                 list the ready recipes
+    distill check                                   packaged teacher, 2-layer student, parity vs transformers
+
+Every user mistake ends in one line on stderr (exit 1) saying what to change.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
+from pathlib import Path
 
 from distill.errors import DistillError
 
+USAGE = __doc__.split("\n\n")[1]
+log = logging.getLogger("distill")
 
-def check() -> None:
-    import torch
-    import transformers
 
-    from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path
-    from distill.models.student import count_parameters, student_from_teacher
+def _unwrap(e: BaseException) -> BaseException:
+    """Hydra wraps errors raised inside instantiate(); the user wants the original one line."""
+    while e.__cause__ is not None and type(e).__name__ in ("InstantiationException", "HydraException"):
+        e = e.__cause__
+    return e
 
-    path = minilm_l6_path()
-    teacher = from_pretrained(path, task="base")
-    student = student_from_teacher(teacher, layers=[0, 5])
-    tok = load_tokenizer(path)
-    for name, model in (("teacher (all-MiniLM-L6-v2)", teacher), ("student (layers 0, 5)", student)):
-        n = count_parameters(model)
-        print(f"{name:28s} {model.config.num_hidden_layers} layers  {n['total']:>11,} params "
-              f"({n['non_embedding']:,} outside embeddings)")
-    batch = tok(["a gripping, beautifully shot film.", "dull."], padding=True, return_tensors="pt")
-    hf = transformers.BertModel.from_pretrained(path).eval()
-    with torch.no_grad():
-        ours = teacher(batch["input_ids"], batch["attention_mask"]).last_hidden_state
-        ref = hf(**batch).last_hidden_state
-    real = batch["attention_mask"].bool()
-    print(f"parity vs transformers.BertModel: max |diff| = {(ours - ref)[real].abs().max().item():.2e}")
+
+def _hydra_app(task):
+    """Run ``task(cfg, run_dir)`` as a Hydra app (run dirs, -m sweeps, --cfg job), argv already set."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    @hydra.main(config_path="conf", config_name="config", version_base="1.3")
+    def app(cfg):
+        try:
+            return task(cfg, HydraConfig.get().runtime.output_dir)
+        except Exception as e:
+            inner = _unwrap(e)
+            if isinstance(inner, DistillError):
+                print(f"error: {inner}", file=sys.stderr)
+                sys.exit(1)
+            raise
+
+    app()
+
+
+def _train(cfg, out_dir):
+    from distill.run import run_training
+
+    metrics = run_training(cfg, out_dir)
+    print(json.dumps({k: metrics[k] for k in ("student", "teacher") if k in metrics}))
+    print(f"run dir: {out_dir}")
+
+
+def _pipeline(cfg, out_dir):
+    from distill.pipeline import run_pipeline
+    from distill.report import table as markdown_table
+
+    result = run_pipeline(cfg, out_dir)
+    print(markdown_table(result["report"]))
+    for line in result["exports"]:
+        from distill.export import summary_line
+
+        print(summary_line(line))
+    print(f"run dir: {out_dir}")
+
+
+def _kv(args: list[str]) -> dict[str, object]:
+    """``key=value`` args; ``[a,b]`` → list, true/false → bool."""
+    out = {}
+    for arg in args:
+        if "=" not in arg:
+            raise DistillError(f"argument {arg!r} is not key=value; see `distill --help`")
+        key, value = arg.split("=", 1)
+        if value.startswith("[") and value.endswith("]"):
+            value = [v.strip() for v in value[1:-1].split(",") if v.strip()]
+        elif value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        out[key] = value
+    return out
+
+
+def _data(name: str, extra: dict) -> object:
+    import hydra
+
+    from distill.config_check import compose_checked
+
+    overrides = [f"data={name}"] + [f"{k}={v}" for k, v in extra.items() if k.startswith("data.")]
+    return hydra.utils.instantiate(compose_checked(overrides).data.source)
+
+
+def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
+    """A pipeline run dir → its teacher, KD student and baseline dirs, plus the run's config."""
+    from omegaconf import OmegaConf
+
+    if not (run / "pipeline.json").is_file():
+        raise DistillError(f"{run} is not a pipeline run dir (no pipeline.json); pass teacher= and students=")
+    stages = json.loads((run / "pipeline.json").read_text())
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+    models = {"teacher": stages["teacher"], "student (KD)": str(Path(stages["distill"]) / "student"),
+              "student (no KD)": str(Path(stages["baseline"]) / "student")}
+    return models, "student (no KD)", cfg
+
+
+def compare_cmd(args: list[str]) -> None:
+    import hydra
+
+    from distill.compare import compare
+    from distill.report import table as markdown_table
+
+    kv = _kv(args)
+    if "run" in kv:
+        models, baseline, cfg = _run_models(Path(kv["run"]))
+        data = hydra.utils.instantiate(cfg.data.source)
+        out = kv.get("out", kv["run"])
+    else:
+        if "teacher" not in kv or "students" not in kv or "data" not in kv:
+            raise DistillError("compare needs run=RUN_DIR, or teacher=DIR students=[DIR,...] data=NAME")
+        students = kv["students"] if isinstance(kv["students"], list) else [kv["students"]]
+        models = {"teacher": kv["teacher"], **{Path(s).name or s: s for s in students}}
+        baseline, data, out = None, _data(kv["data"], kv), kv.get("out", "compare")
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
+                     split=kv.get("split"))
+    print(markdown_table(report))
+    print(f"report: {Path(out) / 'report.md'}")
+
+
+def export_cmd(args: list[str]) -> None:
+    import hydra
+
+    from distill.export import FORMATS, export, summary_line
+
+    kv = _kv(args)
+    data = None
+    if "run" in kv:
+        models, _, cfg = _run_models(Path(kv["run"]))
+        model, out = models["student (KD)"], Path(kv["run"]) / "export"
+        data = hydra.utils.instantiate(cfg.data.source)
+    elif "model" in kv:
+        model, out = kv["model"], Path(kv.get("out", Path(kv["model"]) / "export"))
+        if "data" in kv:
+            data = _data(kv["data"], kv)
+    else:
+        raise DistillError("export needs run=RUN_DIR or model=DIR")
+    formats = kv.get("formats", list(FORMATS))
+    formats = formats if isinstance(formats, list) else [formats]
+    trim = bool(kv.get("trim_vocab", False))
+    texts = None
+    if data is not None:
+        train = data.splits["train"]
+        texts = list(train["text"]) if "text" in train.column_names else [" ".join(t) for t in train["tokens"]]
+    elif trim:
+        raise DistillError("trim_vocab=true needs the training texts: add data=NAME (or use run=RUN_DIR)")
+    for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data):
+        print(summary_line(line))
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if argv[:1] == ["check"]:
+        if command == "recipes":
+            from distill.config_check import recipe_descriptions
+
+            for name, text in recipe_descriptions().items():
+                print(f"{name:22s} {text}")
+        elif command == "check":
+            from distill.check import check
+
             check()
-            return 0
-        print("usage: distill check", file=sys.stderr)
-        return 2
+        elif command in ("train", "pipeline"):
+            from distill.config_check import compose_checked, translate
+
+            overrides = translate(rest)
+            compose_checked(overrides)  # every config mistake → one line, before Hydra starts
+            sys.argv = [f"distill {command}", *overrides]
+            _hydra_app(_train if command == "train" else _pipeline)
+        elif command == "compare":
+            compare_cmd(rest)
+        elif command == "export":
+            export_cmd(rest)
+        else:
+            raise DistillError(f"unknown command {command!r}; use train, pipeline, compare, export, recipes or check")
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        inner = _unwrap(e)
+        if isinstance(inner, DistillError):
+            print(f"error: {inner}", file=sys.stderr)
+            return 1
+        raise
+    return 0
 
 
 if __name__ == "__main__":

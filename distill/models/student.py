@@ -127,3 +127,30 @@ def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
     total = sum(p.numel() for p in params.values())
     emb = sum(p.numel() for p in _encoder(model).embeddings.parameters())
     return {"total": total, "non_embedding": total - emb}
+
+
+def random_bert(
+    task: str = "sequence",
+    id2label: dict[int, str] | None = None,
+    num_hidden_layers: int = 2,
+    hidden_size: int = 32,
+    num_attention_heads: int = 4,
+    intermediate_size: int = 64,
+    max_position_embeddings: int = 512,
+) -> BertPreTrainedModel:
+    """A randomly initialised BERT with the packaged MiniLM's vocabulary and tokenizer (for tests and
+    smoke runs: ``teacher=tiny``)."""
+    from distill.models.bert import TASK_CLASSES
+    from distill.models.hub import minilm_l6_path
+
+    labels = dict(id2label or {0: "LABEL_0", 1: "LABEL_1"})
+    config = BertConfig(vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
+                        num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
+                        max_position_embeddings=max_position_embeddings,
+                        id2label=labels, label2id={v: k for k, v in labels.items()})
+    if task not in TASK_CLASSES:
+        raise DistillError(f"task={task!r} is unknown; use one of {sorted(TASK_CLASSES)}")
+    model = TASK_CLASSES[task](config)
+    model.init_weights()
+    model.config.name_or_path = minilm_l6_path()  # where its tokenizer lives
+    return model.eval()

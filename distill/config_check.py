@@ -1,0 +1,108 @@
+"""Compose a config before anything runs, and turn every config mistake into one clear line.
+
+Hydra's own messages span several lines and end in stack traces; a user who typed ``trainer.lrr``
+or ``data=mrr`` needs one line saying what is valid instead.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from hydra import compose, initialize_config_module
+from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from distill.errors import DistillError
+
+GROUPS = ("teacher", "student", "data", "losses", "trainer", "logger")
+
+
+def options(group: str) -> list[str]:
+    """Config names available in a group (``recipes`` or one of GROUPS)."""
+    root = resources.files("distill") / ("recipes" if group == "recipes" else f"conf/{group}")
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_descriptions() -> dict[str, str]:
+    """Recipe name → its one-line description (the ``description:`` key)."""
+    out = {}
+    for name in options("recipes"):
+        text = (resources.files("distill") / "recipes" / f"{name}.yaml").read_text()
+        line = next((ln for ln in text.splitlines() if ln.startswith("description:")), "description: ")
+        out[name] = line.split(":", 1)[1].strip().strip('"')
+    return out
+
+
+def translate(args: list[str]) -> list[str]:
+    """``recipe=NAME`` → Hydra's ``+recipes=NAME``; checks the recipe exists."""
+    out = []
+    for arg in args:
+        if arg.startswith("recipe="):
+            name = arg.split("=", 1)[1]
+            if name not in options("recipes"):
+                raise DistillError(f"unknown recipe {name!r}; valid recipes: {', '.join(options('recipes'))}")
+            arg = f"+recipes={name}"
+        out.append(arg)
+    return out
+
+
+def _valid_keys(base: DictConfig, dotted: str) -> str:
+    parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    node = OmegaConf.select(base, parent) if parent else base
+    keys = [k for k in node.keys() if k != "_target_"] if isinstance(node, DictConfig) else []
+    where = f"under {parent}" if parent else "at the top level"
+    return f"valid keys {where}: {', '.join(map(str, keys))}" if keys else f"{parent} takes no keys"
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """Compose ``config.yaml`` with ``overrides`` (Hydra syntax), or raise a one-line DistillError."""
+    overrides = [o for o in overrides if not o.startswith("-")]  # -m, --cfg job: Hydra's own flags
+    overrides = [o for o in overrides if not o.startswith("hydra.") and o not in ("job", "all", "hydra")]
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        try:
+            cfg = compose("config", overrides=overrides)
+        except MissingConfigException as e:
+            group = next((g for g in GROUPS if f"'{g}/" in str(e)), None)
+            bad = next((o for o in overrides if group and o.split("=")[0].lstrip("+~") == group), "")
+            if group:
+                raise DistillError(f"unknown {group} {bad.split('=')[-1]!r}; valid choices: "
+                                   f"{', '.join(options(group))}") from None
+            raise DistillError(str(e).splitlines()[0]) from None
+        except OverrideParseException as e:
+            raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
+        except ConfigCompositionException as e:
+            text = " ".join(str(e).split())
+            bad = next((o.split("=")[0].lstrip("+~") for o in overrides if f"'{o.split('=')[0]}'" in text), None)
+            if bad is None:
+                raise DistillError(text.split(". ")[0]) from None
+            base = compose("config", overrides=[o for o in overrides if o.split("=")[0].lstrip("+~") != bad])
+            raise DistillError(f"unknown key {bad!r}; {_valid_keys(base, bad)}") from None
+    check_values(cfg)
+    return cfg
+
+
+def _missing(cfg: DictConfig, prefix: str = ""):
+    """Keys whose value is ``???`` (interpolations to them are not followed: they name the same key)."""
+    for key in cfg.keys():
+        if OmegaConf.is_missing(cfg, key):
+            yield f"{prefix}{key}"
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
+            yield from _missing(cfg[key], f"{prefix}{key}.")
+
+
+def check_values(cfg: DictConfig) -> None:
+    """Missing required values (``???``) and trainer types, before any work starts."""
+    missing = sorted(_missing(cfg))
+    if missing:
+        raise DistillError(f"missing required value {missing[0]}; add {missing[0]}=... to the command line")
+    from distill.run import trainer_config
+
+    try:
+        trainer_config(cfg.trainer)
+    except OmegaConfBaseException as e:
+        first = str(e).splitlines()[0]
+        key = getattr(e, "full_key", None) or ""
+        raise DistillError(f"trainer.{key.split('.')[-1]}: {first}") from None
+    except TypeError as e:
+        raise DistillError(f"trainer: {e}") from None

@@ -1,0 +1,49 @@
+"""A Hydra callback that ends a multirun sweep with a leaderboard (markdown + CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+def leaderboard_rows(sweep_dir: Path) -> list[dict]:
+    """One row per finished job: its overrides and its student's test metrics."""
+    rows = []
+    for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        metrics_file = job / "metrics.json"
+        if not metrics_file.is_file():
+            continue
+        metrics = json.loads(metrics_file.read_text())
+        overrides_file = job / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
+        student = metrics.get("student", {})
+        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("+recipes="))}
+        row.update({k: round(v, 4) for k, v in student.items()})
+        rows.append(row)
+    key = next((k for k in ("accuracy", "entity_f1") if rows and k in rows[0]), None)
+    return sorted(rows, key=lambda r: -r.get(key, 0.0)) if key else rows
+
+
+class Leaderboard(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep = Path(config.hydra.sweep.dir)
+        rows = leaderboard_rows(sweep) if sweep.is_dir() else []
+        if not rows:
+            return
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        with open(sweep / "leaderboard.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+        (sweep / "leaderboard.md").write_text("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        log.info("leaderboard written to %s", sweep / "leaderboard.md")

@@ -1,0 +1,77 @@
+"""`distill pipeline`: fine-tune teacher → distill student → no-KD baseline → compare → export.
+
+Each training stage runs in ``stage_root/<stage>-<hash of its resolved config>``; a stage whose
+directory already holds ``metrics.json`` is reused, so the teacher is fine-tuned once per
+(teacher, data, fine-tune settings) and shared by every recipe on that data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from distill.run import run_training
+
+log = logging.getLogger(__name__)
+STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
+
+
+def _load(relative: str) -> DictConfig:
+    return OmegaConf.create((resources.files("distill") / "conf" / relative).read_text())
+
+
+def stage(name: str, cfg: DictConfig, root: Path) -> Path:
+    """Run (or reuse) one training stage; returns its directory."""
+    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if cfg.get(k) is not None else None
+                for k in STAGE_KEYS}
+    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    out = root / f"{name}-{key}"
+    if (out / "metrics.json").is_file():
+        log.info("stage %s: reusing %s (same resolved config)", name, out)
+        return out
+    log.info("stage %s: running in %s", name, out)
+    run_training(cfg, out)
+    return out
+
+
+def teacher_stage_config(cfg: DictConfig) -> DictConfig:
+    """Fine-tuning the teacher: the teacher node becomes the trained model, gold labels only."""
+    trainer = OmegaConf.merge(_load("trainer/default.yaml"), cfg.get("finetune") or {})
+    return OmegaConf.create({"teacher": None, "student": cfg.teacher, "data": cfg.data,
+                             "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
+
+
+def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
+    out = Path(out_dir)
+    root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
+    teacher_dir = stage("teacher", teacher_stage_config(cfg), root) / "student"
+    fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
+    kd_cfg = OmegaConf.merge(cfg, {"teacher": None})
+    kd_cfg.teacher = fine_tuned
+    kd_dir = stage("distill", kd_cfg, root)
+    base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": cfg.get("baseline") or {}})
+    base_cfg.losses = _load("losses/hard_only.yaml")
+    base_dir = stage("baseline", base_cfg, root)
+    (out / "pipeline.json").write_text(json.dumps(
+        {"teacher": str(teacher_dir), "distill": str(kd_dir), "baseline": str(base_dir)}, indent=1))
+
+    from distill.compare import compare
+    from distill.export import export
+
+    data = hydra.utils.instantiate(cfg.data.source)
+    models = {"teacher": str(teacher_dir), "student (KD)": str(kd_dir / "student"),
+              "student (no KD)": str(base_dir / "student")}
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)",
+                     curves={"KD": kd_dir / "metrics.jsonl", "no KD": base_dir / "metrics.jsonl"})
+    texts = list(data.splits["train"]["text"]) if "text" in data.splits["train"].column_names else \
+        [" ".join(t) for t in data.splits["train"]["tokens"]]
+    exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
+                     trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,
+                     recipe=OmegaConf.to_container(cfg, resolve=True), compare_report=out / "report.json")
+    return {"report": report, "exports": exports}

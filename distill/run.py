@@ -1,0 +1,125 @@
+"""One training run from a composed config: build → train → evaluate → write the run dir.
+
+Reads top to bottom like the recipe it runs: data, teacher, student, tokenizer, losses, loaders,
+engine; then the student (HF format) and ``metrics.json`` land in the run dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from distill.data.collate import Collator, make_dataloader
+from distill.data.tokenize import summarize, tokenize
+from distill.engine import TrainerConfig, train
+from distill.errors import DistillError
+from distill.evaluate import metrics as task_metrics
+from distill.evaluate import predict, torch_forward
+from distill.models.hub import load_tokenizer, save_pretrained
+from distill.models.student import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def build_models(cfg: DictConfig, data):
+    """Teacher (if any) and student; label names and task come from the data."""
+    task = "base" if data.task == "raw" else data.task  # task-agnostic: the bare encoder
+    labels = {"id2label": dict(enumerate(data.label_names))} if data.label_names else {}
+    teacher = None
+    if cfg.get("teacher") is not None:
+        log.info("Instantiating teacher <%s>", cfg.teacher._target_)
+        teacher = hydra.utils.instantiate(cfg.teacher, task=task, **labels)
+    log.info("Instantiating student <%s>", cfg.student._target_)
+    if teacher is not None:
+        student = hydra.utils.instantiate(cfg.student, teacher=teacher)
+    else:
+        student = hydra.utils.instantiate(cfg.student, task=task, **labels)
+    return teacher, student
+
+
+def check_compatible(teacher, student) -> None:
+    """Vocab and labels must agree for the logits (and embeddings) to mean the same thing."""
+    if teacher is None:
+        return
+    for key in ("vocab_size", "num_labels"):
+        t, s = getattr(teacher.config, key), getattr(student.config, key)
+        if t != s:
+            raise DistillError(f"teacher {key}={t} but student {key}={s}; build the student from the teacher")
+    if teacher.config.id2label != student.config.id2label:
+        raise DistillError("teacher and student label names differ; fine-tune the teacher on this data first")
+
+
+def trainer_config(node: DictConfig) -> TrainerConfig:
+    """The trainer node, type-checked against TrainerConfig (wrong types → one line)."""
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("_target_", None)
+    schema = OmegaConf.structured(TrainerConfig)
+    return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
+
+
+def loaders(cfg: DictConfig, tokenized, tokenizer, seed: int):
+    collator = Collator(tokenizer)
+    train_loader = make_dataloader(tokenized["train"], collator, cfg.data.batch_size, shuffle=True, seed=seed,
+                                   group_by_length=cfg.data.group_by_length)
+    eval_loader = None
+    if "validation" in tokenized and "labels" in tokenized["validation"].column_names:
+        eval_loader = make_dataloader(tokenized["validation"], collator, cfg.data.eval_batch_size
+                                      if "eval_batch_size" in cfg.data else 2 * cfg.data.batch_size, shuffle=False)
+    return train_loader, eval_loader
+
+
+def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
+    """Train as ``cfg`` says; write student/, metrics.json, plots into ``out_dir``; return metrics."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tcfg = trainer_config(cfg.trainer)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # one line per checkpoint file otherwise
+    from accelerate.utils import set_seed
+
+    set_seed(tcfg.seed)  # student init (random layers, heads) is part of the experiment
+    log.info("Instantiating data <%s>", cfg.data.source._target_)
+    data = hydra.utils.instantiate(cfg.data.source)
+    teacher, student = build_models(cfg, data)
+    check_compatible(teacher, student)
+    tokenizer = load_tokenizer((teacher or student).config.name_or_path or student.config.name_or_path)
+    tokenized = tokenize(data, tokenizer, cfg.data.max_length)
+    log.info(summarize(data, tokenized))
+    log.info("Instantiating losses <%s>", cfg.losses._target_)
+    loss = hydra.utils.instantiate(cfg.losses)
+    loss.setup(student.config, teacher.config if teacher is not None else None)
+    if teacher is not None and loss.uses_teacher:
+        log.info("layer map\n%s", loss.dry_run_table(student.config, teacher.config))
+    engine_teacher = teacher if loss.uses_teacher else None
+    train_loader, eval_loader = loaders(cfg, tokenized, tokenizer, tcfg.seed)
+    cache_key = None
+    if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= {"logits"}:
+        from distill.teacher_cache import fingerprint
+        cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
+    result = train(tcfg, student, loss, train_loader, eval_loader, str(out), data.task, data.label_names,
+                   teacher=engine_teacher, cache_key=cache_key,
+                   run_config=OmegaConf.to_container(cfg, resolve=True))
+    save_pretrained(result["student"], out / "student", tokenizer)
+    summary = {"steps": result["steps"], "best_validation": result["best"], "nonfinite": result["nonfinite"],
+               "student_params": count_parameters(result["student"])}
+    if "test" in tokenized and data.task != "raw":
+        summary["student"] = task_metrics(predict(torch_forward(result["student"]), tokenized["test"], data.task),
+                                          data.label_names)
+        if teacher is not None:
+            summary["teacher"] = task_metrics(predict(torch_forward(teacher), tokenized["test"], data.task),
+                                              data.label_names)
+            summary["teacher_params"] = count_parameters(teacher)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    _plot_curves(out)
+    log.info("metrics: %s", json.dumps({k: v for k, v in summary.items() if k in ("student", "teacher")}))
+    return summary
+
+
+def _plot_curves(out: Path) -> None:
+    if (out / "metrics.jsonl").is_file():
+        from distill.plots import training_curves
+
+        training_curves({out.name: out / "metrics.jsonl"}, out / "training_curves.png")
