@@ -50,7 +50,7 @@ def translate(args: list[str]) -> list[str]:
 def _valid_keys(base: DictConfig, dotted: str) -> str:
     parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
     node = OmegaConf.select(base, parent) if parent else base
-    keys = [k for k in node.keys() if k != "_target_"] if isinstance(node, DictConfig) else []
+    keys = [k for k in node if k != "_target_"] if isinstance(node, DictConfig) else []
     where = f"under {parent}" if parent else "at the top level"
     return f"valid keys {where}: {', '.join(map(str, keys))}" if keys else f"{parent} takes no keys"
 
@@ -84,7 +84,7 @@ def compose_checked(overrides: list[str]) -> DictConfig:
 
 def _missing(cfg: DictConfig, prefix: str = ""):
     """Keys whose value is ``???`` (interpolations to them are not followed: they name the same key)."""
-    for key in cfg.keys():
+    for key in cfg:
         if OmegaConf.is_missing(cfg, key):
             yield f"{prefix}{key}"
         elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg[key], DictConfig):
