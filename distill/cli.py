@@ -24,9 +24,15 @@ log = logging.getLogger("distill")
 
 
 def _unwrap(e: BaseException) -> BaseException:
-    """Hydra wraps errors raised inside instantiate(); the user wants the original one line."""
+    """Hydra wraps errors raised inside instantiate(); the user wants the original, on one line.
+
+    A constructor given a key it does not take (TypeError) is a config mistake too."""
+    key = ""
     while e.__cause__ is not None and type(e).__name__ in ("InstantiationException", "HydraException"):
+        key = next((ln.split(":", 1)[1].strip() for ln in str(e).splitlines() if ln.startswith("full_key:")), key)
         e = e.__cause__
+    if isinstance(e, TypeError) and "argument" in str(e):
+        return DistillError(f"{key or 'config'}: {e}; remove or rename that key")
     return e
 
 

@@ -47,6 +47,23 @@ def translate(args: list[str]) -> list[str]:
     return out
 
 
+def _first_sweep_value(override: str) -> str | None:
+    """``k=a,b`` → ``k=a`` (checked like a single run); sweep functions are left to Hydra."""
+    if "=" not in override or override.startswith("-"):
+        return override
+    key, value = override.split("=", 1)
+    if value.startswith(("choice(", "range(", "interval(", "glob(", "tag(", "sort(", "shuffle(")):
+        return None
+    depth, cut = 0, len(value)
+    for i, ch in enumerate(value):
+        depth += ch in "[{(" and 1 or 0
+        depth -= ch in "]})" and 1 or 0
+        if ch == "," and depth == 0:
+            cut = i
+            break
+    return f"{key}={value[:cut]}"
+
+
 def _valid_keys(base: DictConfig, dotted: str) -> str:
     parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
     node = OmegaConf.select(base, parent) if parent else base
@@ -57,6 +74,9 @@ def _valid_keys(base: DictConfig, dotted: str) -> str:
 
 def compose_checked(overrides: list[str]) -> DictConfig:
     """Compose ``config.yaml`` with ``overrides`` (Hydra syntax), or raise a one-line DistillError."""
+    if "-m" in overrides or "--multirun" in overrides:
+        overrides = [_first_sweep_value(o) for o in overrides]
+        overrides = [o for o in overrides if o is not None]
     overrides = [o for o in overrides if not o.startswith("-")]  # -m, --cfg job: Hydra's own flags
     overrides = [o for o in overrides if not o.startswith("hydra.") and o not in ("job", "all", "hydra")]
     with initialize_config_module("distill.conf", version_base="1.3"):

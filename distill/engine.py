@@ -225,7 +225,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-            for name, value in parts.items():
+            for name, value in {"loss": loss_value.detach(), **parts}.items():
                 sums[name] = sums.get(name, 0.0) + float(value)
             count += 1
             seen += batch["input_ids"].shape[0] * (1 if cfg.split_batches else accelerator.num_processes)
@@ -240,7 +240,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
                 values.update({"train/lr": scheduler.get_last_lr()[0], "train/samples_per_s": rate,
                                "train/nonfinite": state["nonfinite"]})
                 record(values)
-                bar.set_postfix(loss=f"{values.get('train/total', float('nan')):.4f}", sps=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{values['train/loss']:.4f}", sps=f"{rate:.0f}")
                 sums, count, t0, seen = {}, 0, time.perf_counter(), 0
             end_of_epoch = state["batches_in_epoch"] >= len(train_loader)
             if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):

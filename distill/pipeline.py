@@ -55,7 +55,8 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     kd_cfg = OmegaConf.merge(cfg, {"teacher": None})
     kd_cfg.teacher = fine_tuned
     kd_dir = stage("distill", kd_cfg, root)
-    base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": cfg.get("baseline") or {}})
+    baseline = {k: v for k, v in OmegaConf.to_container(cfg.get("baseline") or {}).items() if v is not None}
+    base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": baseline})
     base_cfg.losses = _load("losses/hard_only.yaml")
     base_dir = stage("baseline", base_cfg, root)
     (out / "pipeline.json").write_text(json.dumps(

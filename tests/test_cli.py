@@ -1,0 +1,132 @@
+"""The command line: every recipe composes and builds, runs land in their dir, errors are one line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import hydra
+import pytest
+from hydra import compose, initialize_config_module
+
+from distill.cli import main
+from distill.config_check import options, translate
+from distill.models.student import count_parameters
+from distill.run import build_models, check_compatible, trainer_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ["teacher=tiny", "student=tiny", "data.limit=32", "trainer.max_steps=2"]
+
+
+@pytest.mark.parametrize("recipe", options("recipes"))
+def test_every_recipe_composes_and_instantiates(recipe):
+    overrides = translate([f"recipe={recipe}"]) + SMOKE
+    if recipe == "finetune_teacher_mr":  # no teacher: the packaged MiniLM itself is trained
+        overrides = [o for o in overrides if not o.startswith(("teacher=", "student="))]
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    data = hydra.utils.instantiate(cfg.data.source)
+    assert set(data.splits) >= {"train", "validation"} and 0 < len(data.splits["train"]) <= 32
+    teacher, student = build_models(cfg, data)
+    check_compatible(teacher, student)
+    loss = hydra.utils.instantiate(cfg.losses)
+    loss.setup(student.config, teacher.config if teacher is not None else None)
+    assert loss.uses_teacher == (teacher is not None and recipe != "finetune_teacher_mr")
+    assert trainer_config(cfg.trainer).max_steps == 2
+    if teacher is not None:
+        assert count_parameters(student)["total"] < count_parameters(teacher)["total"]
+        if data.label_names:
+            assert student.config.id2label == dict(enumerate(data.label_names))
+
+
+def _cli(*args, cwd=ROOT, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_train_subprocess_writes_the_run_dir(tmp_path):
+    run = _cli("train", "recipe=mr_logits", *SMOKE, "data.limit=64", "trainer.max_steps=5",
+               f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["steps"] == 5
+    assert 0.0 <= metrics["student"]["accuracy"] <= 1.0 and "teacher" in metrics
+    for path in (".hydra/config.yaml", "student/config.json", "student/model.safetensors", "student/tokenizer.json",
+                 "training_curves.png", "metrics.jsonl", "cli.log"):
+        assert (tmp_path / path).is_file(), path
+    # 2 batches per epoch: epoch-end checkpoints at steps 2 and 4, the final one at 5; keep_last=2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004", "step_00000005"]
+    from distill.models.hub import from_pretrained
+
+    assert from_pretrained(tmp_path / "student").config.id2label == {0: "negative", 1: "positive"}
+
+
+def test_sweep_ends_with_a_leaderboard(tmp_path):
+    run = _cli("train", "-m", "recipe=mr_logits", *SMOKE, "losses.logits.temperature=1,4",
+               f"hydra.sweep.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    board = (tmp_path / "leaderboard.md").read_text()
+    assert "losses.logits.temperature=1" in board and "losses.logits.temperature=4" in board
+    rows = (tmp_path / "leaderboard.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("run,overrides,accuracy") and len(rows) == 3
+
+
+def test_pipeline_reuses_finished_stages(tmp_path):
+    args = ["pipeline", "recipe=mr_logits", *SMOKE, "data.limit=48", "finetune.max_steps=2",
+            f"stage_root={tmp_path / 'stages'}", "export.formats=[hf,onnx]", "export.trim_vocab=false"]
+    first = _cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "stages").iterdir())
+    assert stages == ["baseline", "distill", "teacher"]
+    report = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert {"teacher", "student (KD)", "student (no KD)"} <= set(report["models"])
+    assert (tmp_path / "a" / "export" / "onnx").is_dir()
+    second = _cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (second.stdout + second.stderr).count("reusing") == 3  # teacher fine-tuned once, nothing retrained
+    assert len(list((tmp_path / "stages").iterdir())) == 3
+
+
+def test_wheel_ships_configs_and_recipes(tmp_path):
+    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(wheel_dir), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr[-2000:]
+    wheel = next(wheel_dir.glob("distill-*.whl"))
+    install = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target),
+                              str(wheel)], capture_output=True, text=True, timeout=300)
+    assert install.returncode == 0, install.stderr[-2000:]
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    code = "import distill, sys; from distill.cli import main; print(distill.__file__); sys.exit(main(['recipes']))"
+    run = subprocess.run([sys.executable, "-c", code], cwd=outside, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(target)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[0].startswith(str(target))  # not the checkout
+    assert "quickstart" in run.stdout and "mr_tinybert" in run.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["train", "recipe=nope"], ["unknown recipe 'nope'", "quickstart"]),
+    (["train", "data=mrr"], ["unknown data 'mrr'", "sms_spam"]),
+    (["train", "trainer.lrr=3"], ["unknown key 'trainer.lrr'", "lr"]),
+    (["train", "trainer.lr=abc"], ["trainer.lr", "abc"]),
+    (["train", "data=files"], ["missing required value data.train_file"]),
+    (["train", "student=tiny", "student.layers=[1]"], ["unknown key 'student.layers'"]),
+])
+def test_config_errors_are_one_line(capsys, args, words):
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+def test_runtime_errors_are_one_line(tmp_path):
+    run = _cli("train", "recipe=mr_logits", "teacher=tiny", "data.limit=16", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: student layers=[0, 5] is impossible for a 2-layer teacher"), run.stderr[-2000:]
+    assert "Traceback" not in run.stderr
