@@ -15,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
@@ -24,7 +25,7 @@ from transformers import get_scheduler
 
 from distill.checkpoint import resume, save_checkpoint
 from distill.errors import DistillError
-from distill.metrics import compute_metrics, main_metric
+from distill.evaluate import Predictions, main_metric, metrics
 from distill.outputs import ModelOutputs
 from distill.teacher_cache import TeacherCache
 
@@ -95,12 +96,15 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, labe
         p, y = accelerator.gather_for_metrics((p, y))
         preds += list(p.cpu().numpy()) if task == "token" else p.cpu().tolist()
         labels += list(y.cpu().numpy()) if task == "token" else y.cpu().tolist()
-    if task == "token":  # sentences of different padded lengths → one (N, T_max) array
-        width = max(len(r) for r in labels)
-        pad = lambda rows: [list(r) + [-100] * (width - len(r)) for r in rows]  # noqa: E731
-        preds, labels = pad(preds), pad(labels)
     model.train()
-    return compute_metrics(task, preds, labels, label_names)
+    if task == "token":  # one unit per labelled word; the row it came from is its bootstrap group
+        keep = [np.asarray(y) != -100 for y in labels]
+        pred = Predictions(task, np.concatenate([np.asarray(y)[k] for y, k in zip(labels, keep)]),
+                           np.concatenate([np.asarray(p)[k] for p, k in zip(preds, keep)]),
+                           np.concatenate([np.full(k.sum(), i) for i, k in enumerate(keep)]))
+    else:
+        pred = Predictions(task, np.asarray(labels), np.asarray(preds), np.arange(len(labels)))
+    return metrics(pred, label_names)
 
 
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
