@@ -94,6 +94,12 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     if teacher is not None and loss.uses_teacher:
         log.info("layer map\n%s", loss.dry_run_table(student.config, teacher.config))
     engine_teacher = teacher if loss.uses_teacher else None
+    if engine_teacher is not None and "validation" in tokenized and data.task != "raw":
+        from distill.compare import teacher_preflight
+
+        # a teacher whose head was never fine-tuned teaches noise: say so before hours of training
+        check = teacher_preflight(teacher, tokenized["validation"], task=data.task, label_names=data.label_names)
+        log.info("teacher pre-flight on validation: %s", json.dumps(check.get("metrics", {})))
     train_loader, eval_loader = loaders(cfg, tokenized, tokenizer, tcfg.seed)
     cache_key = None
     if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= {"logits"}:
