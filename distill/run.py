@@ -108,6 +108,10 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     result = train(tcfg, student, loss, train_loader, eval_loader, str(out), data.task, data.label_names,
                    teacher=engine_teacher, cache_key=cache_key,
                    run_config=OmegaConf.to_container(cfg, resolve=True))
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # every process trained; one writes the results
+        return {}
     save_pretrained(result["student"], out / "student", tokenizer)
     summary = {"steps": result["steps"], "best_validation": result["best"], "nonfinite": result["nonfinite"],
                "student_params": count_parameters(result["student"])}
