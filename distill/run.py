@@ -83,6 +83,12 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     set_seed(tcfg.seed)  # student init (random layers, heads) is part of the experiment
     log.info("Instantiating data <%s>", cfg.data.source._target_)
     data = hydra.utils.instantiate(cfg.data.source)
+    if cfg.data.get("transfer"):
+        from distill.data.transfer import with_transfer
+
+        log.info("Instantiating transfer set <%s>", cfg.data.transfer.source._target_)
+        data = with_transfer(data, hydra.utils.instantiate(cfg.data.transfer.source),
+                             max_rows=cfg.data.transfer.get("max_rows"), seed=tcfg.seed)
     teacher, student = build_models(cfg, data)
     check_compatible(teacher, student)
     tokenizer = load_tokenizer((teacher or student).config.name_or_path or student.config.name_or_path)

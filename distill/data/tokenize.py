@@ -171,9 +171,14 @@ def summarize(data: TaskData, tokenized: datasets.DatasetDict) -> str:
             parts.append("train entities " + ", ".join(f"{n} {c:,}" for n, c in named))
         else:
             counts = [0] * len(data.label_names)
+            unlabelled = 0
             for label in train["label"]:
-                counts[label] += 1
-            parts.append("train labels " + ", ".join(f"{n} {c:,}" for n, c in zip(data.label_names, counts)))
+                if label < 0:  # a transfer-set row: the teacher labels it
+                    unlabelled += 1
+                else:
+                    counts[label] += 1
+            parts.append("train labels " + ", ".join(f"{n} {c:,}" for n, c in zip(data.label_names, counts))
+                         + (f", unlabelled {unlabelled:,}" if unlabelled else ""))
     all_lengths = [n for d in tokenized.values() for n in lengths(d)]
     truncated = sum(sum(d["truncated"]) for d in tokenized.values())
     if all_lengths:

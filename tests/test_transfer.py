@@ -1,0 +1,42 @@
+"""The unlabelled transfer set: appended with label -100, never leaking evaluation text, stable."""
+
+import datasets
+import pytest
+
+from distill.data.corpus import TaskData
+from distill.data.transfer import IGNORE, sentences, with_transfer
+from distill.errors import DistillError
+
+
+def _data():
+    label = datasets.ClassLabel(names=["neg", "pos"])
+    feats = datasets.Features({"text": datasets.Value("string"), "label": label})
+    split = lambda texts: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * (len(texts) // 2)},  # noqa: E731
+                                                    features=feats)
+    return TaskData(datasets.DatasetDict({"train": split(["a b c d", "e f g h"]), "validation": split(["held out one", "x y z w"]),
+                                          "test": split(["a test sentence here", "q r s t"])}), ["neg", "pos"], "sequence")
+
+
+def _source(texts):
+    return TaskData(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": texts})}), [], "raw")
+
+
+def test_sentences_split_reviews_and_drop_fragments_and_duplicates():
+    reviews = ["Great film. Truly a great film to watch!<br />Bad? No. It was a great film to watch!"]
+    assert sentences(reviews) == ["Truly a great film to watch!", "It was a great film to watch!"]
+
+
+def test_transfer_rows_are_unlabelled_and_exclude_evaluation_text():
+    source = _source(["One two three four five. A test sentence here. Six seven eight nine ten."])
+    mixed = with_transfer(_data(), source, max_rows=10)
+    train = mixed.splits["train"]
+    assert train["label"] == [0, 1, IGNORE, IGNORE]
+    assert train["text"][2:] and "A test sentence here." not in train["text"]
+    again = with_transfer(_data(), source, max_rows=10)
+    assert again.splits["train"]["text"] == train["text"]  # same pick on every call
+    assert with_transfer(_data(), source, max_rows=1).splits["train"].num_rows == 3
+
+
+def test_transfer_needs_text():
+    with pytest.raises(DistillError, match="no usable text"):
+        with_transfer(_data(), _source(["short."]), max_rows=5)
