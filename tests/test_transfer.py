@@ -9,12 +9,14 @@ from distill.errors import DistillError
 
 
 def _data():
-    label = datasets.ClassLabel(names=["neg", "pos"])
-    feats = datasets.Features({"text": datasets.Value("string"), "label": label})
-    split = lambda texts: datasets.Dataset.from_dict({"text": texts, "label": [0, 1] * (len(texts) // 2)},  # noqa: E731
-                                                    features=feats)
-    return TaskData(datasets.DatasetDict({"train": split(["a b c d", "e f g h"]), "validation": split(["held out one", "x y z w"]),
-                                          "test": split(["a test sentence here", "q r s t"])}), ["neg", "pos"], "sequence")
+    feats = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+
+    def split(texts):
+        return datasets.Dataset.from_dict({"text": texts, "label": [0, 1]}, features=feats)
+
+    splits = {"train": split(["a b c d", "e f g h"]), "validation": split(["held out one", "x y z w"]),
+              "test": split(["a test sentence here", "q r s t"])}
+    return TaskData(datasets.DatasetDict(splits), ["neg", "pos"], "sequence")
 
 
 def _source(texts):
