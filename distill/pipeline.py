@@ -47,8 +47,8 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
                              "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
 
 
-def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
-    out = Path(out_dir)
+def train_stages(cfg: DictConfig) -> dict[str, Path]:
+    """Teacher fine-tuning, distillation and the no-KD baseline (each reused when already done)."""
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
     teacher_dir = stage("teacher", teacher_stage_config(cfg), root) / "student"
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
@@ -59,6 +59,13 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": baseline})
     base_cfg.losses = _load("losses/hard_only.yaml")
     base_dir = stage("baseline", base_cfg, root)
+    return {"teacher": teacher_dir, "distill": kd_dir, "baseline": base_dir}
+
+
+def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
+    out = Path(out_dir)
+    dirs = train_stages(cfg)
+    teacher_dir, kd_dir, base_dir = dirs["teacher"], dirs["distill"], dirs["baseline"]
     (out / "pipeline.json").write_text(json.dumps(
         {"teacher": str(teacher_dir), "distill": str(kd_dir), "baseline": str(base_dir)}, indent=1))
 

@@ -1,0 +1,74 @@
+"""Headline quality: a recipe's KD student vs the same student without KD, over several seeds.
+
+    python benchmarks/quality.py                                  # MR, 2-layer student, 3 seeds (headline row 1)
+    python benchmarks/quality.py recipe=mr_transfer seeds=0,1,2   # any recipe, any Hydra overrides
+
+The teacher is fine-tuned once (the pipeline's stage reuse: the same config gives the same stage
+dir) and shared by every seed; each seed trains the KD student and the no-KD baseline for the
+same steps. Prints the per-seed test metrics, the median, a compare report (bootstrap 95% CIs,
+McNemar KD vs no-KD, CPU latency at batch 1) for the median seed, and as its last line JSON:
+{"retention", "teacher_metric", "student_metric", "baseline_metric", "param_ratio", "speedup", ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import hydra
+
+from distill.compare import compare
+from distill.config_check import compose_checked, translate
+from distill.evaluate import main_metric
+from distill.pipeline import train_stages
+
+
+def main(argv: list[str]) -> None:
+    seeds = [0, 1, 2]
+    args = []
+    for arg in argv:
+        if arg.startswith("seeds="):
+            seeds = [int(s) for s in arg.split("=", 1)[1].split(",")]
+        else:
+            args.append(arg)
+    if not any(a.startswith("recipe=") for a in args):
+        args.insert(0, "recipe=quickstart")
+    rows = []
+    for seed in seeds:
+        cfg = compose_checked(translate(args) + [f"trainer.seed={seed}"])
+        dirs = train_stages(cfg)
+        kd = json.loads((dirs["distill"] / "metrics.json").read_text())
+        base = json.loads((dirs["baseline"] / "metrics.json").read_text())
+        rows.append({"seed": seed, "dirs": dirs, "teacher": kd["teacher"], "kd": kd["student"],
+                     "baseline": base["student"], "kd_params": kd["student_params"]["total"],
+                     "teacher_params": kd["teacher_params"]["total"]})
+    data = hydra.utils.instantiate(cfg.data.source)
+    key = main_metric(data.task)
+    print(f"{'seed':>4} {'teacher':>8} {'KD':>8} {'no KD':>8}   ({key} on the test split, {len(data.splits['test'])} rows)")
+    for r in rows:
+        print(f"{r['seed']:>4} {r['teacher'][key]:8.4f} {r['kd'][key]:8.4f} {r['baseline'][key]:8.4f}")
+    med = lambda name: statistics.median(r[name][key] for r in rows)  # noqa: E731
+    teacher_m, kd_m, base_m = med("teacher"), med("kd"), med("baseline")
+    print(f"{'med':>4} {teacher_m:8.4f} {kd_m:8.4f} {base_m:8.4f}")
+    median_row = sorted(rows, key=lambda r: r["kd"][key])[len(rows) // 2]
+    out = Path(hydra.utils.to_absolute_path(cfg.stage_root)).parent / "quality" / f"seed{median_row['seed']}"
+    models = {"teacher": str(median_row["dirs"]["teacher"]),
+              "student (KD)": str(median_row["dirs"]["distill"] / "student"),
+              "student (no KD)": str(median_row["dirs"]["baseline"] / "student")}
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", threads=1)
+    from distill.report import table
+
+    print(table(report))
+    kd_report = report["models"]["student (KD)"]
+    mcnemar = kd_report["mcnemar"].get("vs_student (no KD)", {})
+    print(json.dumps({"retention": round(kd_m / teacher_m, 4), "teacher_metric": round(teacher_m, 4),
+                      "student_metric": round(kd_m, 4), "baseline_metric": round(base_m, 4),
+                      "param_ratio": round(median_row["kd_params"] / median_row["teacher_params"], 4),
+                      "speedup": round(kd_report["speedup_p50"], 3), "kd_vs_baseline_p": mcnemar.get("p_value"),
+                      "seeds": seeds, "metric": key}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
