@@ -46,7 +46,8 @@ def main(argv: list[str]) -> None:
                      "teacher_params": kd["teacher_params"]["total"]})
     data = hydra.utils.instantiate(cfg.data.source)
     key = main_metric(data.task)
-    print(f"{'seed':>4} {'teacher':>8} {'KD':>8} {'no KD':>8}   ({key} on the test split, {len(data.splits['test'])} rows)")
+    n_test = len(data.splits["test"])
+    print(f"{'seed':>4} {'teacher':>8} {'KD':>8} {'no KD':>8}   ({key} on the test split, {n_test} rows)")
     for r in rows:
         print(f"{r['seed']:>4} {r['teacher'][key]:8.4f} {r['kd'][key]:8.4f} {r['baseline'][key]:8.4f}")
     med = lambda name: statistics.median(r[name][key] for r in rows)  # noqa: E731
