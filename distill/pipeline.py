@@ -43,7 +43,9 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
 def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     """Fine-tuning the teacher: the teacher node becomes the trained model, gold labels only."""
     trainer = OmegaConf.merge(_load("trainer/default.yaml"), cfg.get("finetune") or {})
-    return OmegaConf.create({"teacher": None, "student": cfg.teacher, "data": cfg.data,
+    data = OmegaConf.to_container(cfg.data)  # interpolations kept: they are relative to the data node
+    data.pop("transfer", None)  # the teacher learns from gold labels only
+    return OmegaConf.create({"teacher": None, "student": cfg.teacher, "data": data,
                              "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
 
 

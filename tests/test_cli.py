@@ -130,3 +130,21 @@ def test_runtime_errors_are_one_line(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: student layers=[0, 5] is impossible for a 2-layer teacher"), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def test_every_mr_recipe_shares_one_fine_tuned_teacher():
+    """The teacher stage depends on teacher, data (without any transfer set) and fine-tune settings only."""
+    import json as _json
+
+    from omegaconf import OmegaConf
+
+    from distill.config_check import compose_checked
+    from distill.pipeline import STAGE_KEYS, teacher_stage_config
+
+    keys = set()
+    for recipe in ("quickstart", "mr_logits", "mr_transfer", "mr_tinybert"):
+        stage_cfg = teacher_stage_config(compose_checked(translate([f"recipe={recipe}"])))
+        assert "transfer" not in stage_cfg.data
+        keys.add(_json.dumps({k: OmegaConf.to_container(stage_cfg[k], resolve=True) if stage_cfg.get(k) is not None
+                              else None for k in STAGE_KEYS}, sort_keys=True))
+    assert len(keys) == 1
