@@ -148,3 +148,12 @@ def test_every_mr_recipe_shares_one_fine_tuned_teacher():
         keys.add(_json.dumps({k: OmegaConf.to_container(stage_cfg[k], resolve=True) if stage_cfg.get(k) is not None
                               else None for k in STAGE_KEYS}, sort_keys=True))
     assert len(keys) == 1
+
+
+def test_bf16_mixed_precision_and_token_task_run(tmp_path):
+    """bf16 autocast through accelerate on CPU, on the token-classification recipe (entity F1)."""
+    run = _cli("train", "recipe=wnut16_ner", *SMOKE, "trainer.mixed_precision=bf16", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics["student"]) == {"entity_f1", "token_accuracy"} and metrics["nonfinite"] == 0
+    assert "eval/entity_f1" in (tmp_path / "metrics.jsonl").read_text()
