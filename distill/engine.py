@@ -126,8 +126,10 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     module = StudentWithLoss(student, loss)
     decay = [p for n, p in module.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
     no_decay = [p for n, p in module.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
+    # fused: one kernel over all tensors instead of one per tensor — a quarter of a CPU KD step
+    # otherwise goes to updating the word embeddings
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
     per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes if not cfg.split_batches else 1)
                           / cfg.grad_accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
