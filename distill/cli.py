@@ -91,6 +91,16 @@ def _kv(args: list[str]) -> dict[str, object]:
     return out
 
 
+def _short_names(paths: list[str]) -> list[str]:
+    """The shortest path suffix that tells each model apart (export/int8/model.onnx → int8/model.onnx)."""
+    parts = [Path(p).parts for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return list(paths)
+
+
 def _data(name: str, extra: dict) -> object:
     import hydra
 
@@ -128,7 +138,7 @@ def compare_cmd(args: list[str]) -> None:
         if "teacher" not in kv or "students" not in kv or "data" not in kv:
             raise DistillError("compare needs run=RUN_DIR, or teacher=DIR students=[DIR,...] data=NAME")
         students = kv["students"] if isinstance(kv["students"], list) else [kv["students"]]
-        models = {"teacher": kv["teacher"], **{Path(s).name or s: s for s in students}}
+        models = {"teacher": kv["teacher"], **dict(zip(_short_names(students), students))}
         baseline, data, out = None, _data(kv["data"], kv), kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
                      split=kv.get("split"))
