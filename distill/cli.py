@@ -168,8 +168,9 @@ def export_cmd(args: list[str]) -> None:
     trim = bool(kv.get("trim_vocab", False))
     texts = None
     if data is not None:
-        train = data.splits["train"]
-        texts = list(train["text"]) if "text" in train.column_names else [" ".join(t) for t in train["tokens"]]
+        from distill.pipeline import train_texts
+
+        texts = train_texts(data)
     elif trim:
         raise DistillError("trim_vocab=true needs the training texts: add data=NAME (or use run=RUN_DIR)")
     for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data):

@@ -64,6 +64,12 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
     return {"teacher": teacher_dir, "distill": kd_dir, "baseline": base_dir}
 
 
+def train_texts(data) -> list[str]:
+    """The training split as plain text: what vocabulary trimming keeps tokens for."""
+    train = data.splits["train"]
+    return list(train["text"]) if "text" in train.column_names else [" ".join(t) for t in train["tokens"]]
+
+
 def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     dirs = train_stages(cfg)
@@ -79,8 +85,7 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
               "student (no KD)": str(base_dir / "student")}
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)",
                      curves={"KD": kd_dir / "metrics.jsonl", "no KD": base_dir / "metrics.jsonl"})
-    texts = list(data.splits["train"]["text"]) if "text" in data.splits["train"].column_names else \
-        [" ".join(t) for t in data.splits["train"]["tokens"]]
+    texts = train_texts(data)
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,
                      recipe=OmegaConf.to_container(cfg, resolve=True), compare_report=out / "report.json")
