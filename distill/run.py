@@ -91,7 +91,9 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
                              max_rows=cfg.data.transfer.get("max_rows"), seed=tcfg.seed)
     teacher, student = build_models(cfg, data)
     check_compatible(teacher, student)
-    tokenizer = load_tokenizer((teacher or student).config.name_or_path or student.config.name_or_path)
+    # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet
+    source = teacher.config.name_or_path if teacher is not None else ""
+    tokenizer = load_tokenizer(source or student.config.name_or_path)
     tokenized = tokenize(data, tokenizer, cfg.data.max_length)
     log.info(summarize(data, tokenized))
     log.info("Instantiating losses <%s>", cfg.losses._target_)
