@@ -30,6 +30,8 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
     """Run (or reuse) one training stage; returns its directory."""
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if cfg.get(k) is not None else None
                 for k in STAGE_KEYS}
+    if resolved["trainer"] is not None and "cache_dir" in resolved["trainer"]:
+        resolved["trainer"]["cache_dir"] = None  # where teacher logits are cached does not change the result
     key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
     out = root / f"{name}-{key}"
     if (out / "metrics.json").is_file():
@@ -56,6 +58,8 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
     kd_cfg = OmegaConf.merge(cfg, {"teacher": None})
     kd_cfg.teacher = fine_tuned
+    if kd_cfg.trainer.get("cache_dir") is None:  # one logits cache for every seed and recipe (fingerprinted)
+        kd_cfg.trainer.cache_dir = str(root / "teacher_cache")
     kd_dir = stage("distill", kd_cfg, root)
     baseline = {k: v for k, v in OmegaConf.to_container(cfg.get("baseline") or {}).items() if v is not None}
     base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": baseline})

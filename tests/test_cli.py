@@ -78,15 +78,16 @@ def test_pipeline_reuses_finished_stages(tmp_path):
             f"stage_root={tmp_path / 'stages'}", "export.formats=[hf,onnx]", "export.trim_vocab=false"]
     first = _cli(*args, f"hydra.run.dir={tmp_path / 'a'}")
     assert first.returncode == 0, first.stderr[-3000:]
-    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "stages").iterdir())
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "stages").iterdir() if p.name != "teacher_cache")
     assert stages == ["baseline", "distill", "teacher"]
+    assert len(list((tmp_path / "stages" / "teacher_cache").glob("teacher-*"))) == 1  # shared by every seed
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert {"teacher", "student (KD)", "student (no KD)"} <= set(report["models"])
     assert (tmp_path / "a" / "export" / "onnx").is_dir()
     second = _cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("reusing") == 3  # teacher fine-tuned once, nothing retrained
-    assert len(list((tmp_path / "stages").iterdir())) == 3
+    assert len(list((tmp_path / "stages").iterdir())) == 4  # 3 stages + the shared teacher cache
 
 
 def test_wheel_ships_configs_and_recipes(tmp_path):

@@ -97,6 +97,27 @@ def test_student_from_config_inherits_vocab_labels_and_embeddings():
     assert narrow.config.hidden_size == 16
 
 
+def test_project_embeddings_keeps_the_top_principal_directions():
+    teacher = _ours("sequence")  # hidden 32
+    words = teacher.bert.embeddings.word_embeddings.weight.detach()
+    centred = words - words.mean(0)
+    sigma2 = torch.linalg.svdvals(centred) ** 2
+    full = student_from_config(teacher, 1, 32, 2, project_embeddings=True)  # a rotation: distances kept
+    w = full.bert.embeddings.word_embeddings.weight.detach()
+    assert torch.allclose(torch.cdist(w, w), torch.cdist(words, words), atol=1e-4)
+    narrow = student_from_config(teacher, 1, 8, 2, project_embeddings=True)
+    w8 = narrow.bert.embeddings.word_embeddings.weight.detach()
+    captured = ((w8 - w8.mean(0)) ** 2).sum()
+    assert torch.allclose(captured, sigma2[:8].sum(), rtol=1e-4)  # the largest 8 of 32 variances
+    assert captured < 0.99 * sigma2.sum()
+    pos_t = teacher.bert.embeddings.position_embeddings.weight.detach()
+    pos_s = narrow.bert.embeddings.position_embeddings.weight.detach()
+    basis = torch.linalg.lstsq(centred, w8 - w8.mean(0)).solution  # (32, 8): the map words went through
+    assert torch.allclose(pos_s, pos_t @ basis, atol=1e-4)  # positions share the words' projection
+    with pytest.raises(DistillError, match="no wider"):
+        student_from_config(teacher, 1, 64, 2, project_embeddings=True)
+
+
 def _one_line(excinfo, *words):
     message = str(excinfo.value)
     assert "\n" not in message

@@ -11,6 +11,7 @@ import copy
 import logging
 from collections.abc import Sequence
 
+import torch
 from transformers import BertConfig
 
 from distill.errors import DistillError
@@ -40,13 +41,15 @@ def student_from_config(
     num_attention_heads: int,
     intermediate_size: int | None = None,
     init_embeddings: bool = False,
+    project_embeddings: bool = False,
     attention_probs_dropout_prob: float | None = None,
     hidden_dropout_prob: float | None = None,
 ) -> BertPreTrainedModel:
     """A randomly initialised student of the teacher's task (e.g. 4 layers × 128 hidden).
 
     ``init_embeddings`` copies the teacher's embeddings (word, position, type, LayerNorm); it needs
-    ``hidden_size`` equal to the teacher's.
+    ``hidden_size`` equal to the teacher's. ``project_embeddings`` works for a narrower student: the
+    teacher's embeddings projected onto their top ``hidden_size`` principal directions.
     """
     for name, value in (("num_hidden_layers", num_hidden_layers), ("hidden_size", hidden_size),
                         ("num_attention_heads", num_attention_heads)):
@@ -63,8 +66,12 @@ def student_from_config(
     )
     student = type(teacher)(config)
     student.init_weights()
+    if init_embeddings and project_embeddings:
+        raise DistillError("set one of init_embeddings (copy, equal widths) and project_embeddings (PCA), not both")
     if init_embeddings:
         copy_embeddings(student, teacher)
+    if project_embeddings:
+        pca_embeddings(student, teacher)
     return student
 
 
@@ -77,6 +84,28 @@ def copy_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) 
             "set init_embeddings=false or hidden_size to the teacher's"
         )
     _encoder(student).embeddings.load_state_dict(_encoder(teacher).embeddings.state_dict())
+
+
+@torch.no_grad()
+def pca_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -> None:
+    """Initialise a narrower student's embeddings from the teacher's principal directions.
+
+    With the teacher's word embeddings E (V, H_t), centred Ē = E − mean(E) and its top-H_s right
+    singular vectors U (H_t, H_s), every table becomes X·U: word (V, H_s), position (P, H_s),
+    token type (2, H_s). The projection is linear, so word + position + type sums project exactly;
+    the student's LayerNorm keeps its fresh init (γ = 1, β = 0).
+    """
+    es, et = _encoder(student).embeddings, _encoder(teacher).embeddings
+    hs, ht = student.config.hidden_size, teacher.config.hidden_size
+    if hs > ht:
+        raise DistillError(f"project_embeddings needs a student no wider than the teacher ({hs} > {ht}); "
+                           "use init_embeddings for equal widths")
+    words = et.word_embeddings.weight.float()  # (V, H_t)
+    _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
+    basis = vh[:hs].T  # (H_t, H_s)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        table = getattr(et, name).weight.float()  # (rows, H_t)
+        getattr(es, name).weight.copy_(table @ basis)  # (rows, H_s)
 
 
 def student_from_teacher(
