@@ -1,6 +1,6 @@
 """Headline quality: a recipe's KD student vs the same student without KD, over several seeds.
 
-    python benchmarks/quality.py                                  # MR, 2-layer student, 3 seeds (headline row 1)
+    python benchmarks/quality.py                                  # row 1: recipe=mr_transfer (MR, 2-layer), 3 seeds
     python benchmarks/quality.py recipe=mr_transfer seeds=0,1,2   # any recipe, any Hydra overrides
     python benchmarks/quality.py recipe=mr_compact trim_vocab=true # students compared with trimmed vocabularies
 
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> None:
         else:
             args.append(arg)
     if not any(a.startswith("recipe=") for a in args):
-        args.insert(0, "recipe=quickstart")
+        args.insert(0, "recipe=mr_transfer")  # headline row 1
     rows = []
     for seed in seeds:
         cfg = compose_checked(translate(args) + [f"trainer.seed={seed}"])
