@@ -129,14 +129,14 @@ def engine_step_times(setup: Setup, loss_of, teacher=None, max_steps: int | None
     return [setup.batch / r for r in rates], summary
 
 
-def teacher_times(teacher, batches: list[dict], needs: frozenset[str]) -> list[float]:
+def teacher_times(teacher, batches: list[dict], needs: frozenset[str], map_layers=None) -> list[float]:
     """The teacher's forward alone, as the engine calls it (no_grad, only what the losses read)."""
     times = []
     for batch in batches:
         inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
         t0 = time.perf_counter()
         with torch.no_grad():
-            teacher(**inputs, **flags(needs))
+            teacher(**inputs, **flags(needs, map_layers))
         times.append(time.perf_counter() - t0)
     return times
 
@@ -220,7 +220,8 @@ def main() -> None:
     torch.manual_seed(0)
     setup = Setup(rows=max(args.cache_rows, args.steps * BATCH))
     teacher = setup.teacher
-    kd_needs = kd_loss(copy.deepcopy(setup.student), teacher).needs
+    probe = kd_loss(copy.deepcopy(setup.student), teacher)
+    kd_needs, kd_maps = probe.needs, probe.teacher_map_layers()
     skip = 1  # step 1 of every run allocates the optimizer state and is left out of every figure
 
     # ---- part 1: KD step vs student-only step + teacher forward, on the same batches ----
@@ -228,7 +229,7 @@ def main() -> None:
     runs = interleave({
         "kd": lambda: engine_step_times(setup, lambda s: kd_loss(s, teacher), teacher=teacher, max_steps=args.steps)[0],
         "student": lambda: engine_step_times(setup, hard_loss, max_steps=args.steps)[0],
-        "teacher": lambda: teacher_times(teacher, batches, kd_needs),
+        "teacher": lambda: teacher_times(teacher, batches, kd_needs, kd_maps),
     }, args.repeats, keep=lambda times: times[skip:])
     kd_t, st_t, te_t = (statistics.fmean(per_batch_median(runs[name])) for name in ("kd", "student", "teacher"))
     ratio = kd_t / (st_t + te_t)

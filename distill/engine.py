@@ -63,9 +63,11 @@ class TrainerConfig:
     wandb_mode: str = "offline"
 
 
-def flags(needs: frozenset[str]) -> dict[str, bool]:
-    """What a model must return for losses that read ``needs`` (none → the SDPA fast path)."""
-    return {"output_hidden_states": "hidden_states" in needs, "output_attentions": "attentions" in needs,
+def flags(needs: frozenset[str], map_layers: frozenset[int] | None = None) -> dict:
+    """What a model must return for losses that read ``needs`` (none → the SDPA fast path);
+    ``map_layers`` (1-based) limits the attention maps to the layers the losses read."""
+    maps = "attentions" in needs and (map_layers if map_layers is not None else True)
+    return {"output_hidden_states": "hidden_states" in needs, "output_attentions": maps,
             "output_qkv": "qkv" in needs}
 
 
@@ -141,6 +143,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     plain = accelerator.unwrap_model(module)
     if teacher is not None:  # outside prepare: never wrapped by DDP, never in the optimizer
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
+    map_layers = getattr(plain.loss, "teacher_map_layers", None)  # optional in a hand-made loss module
+    teacher_flags = flags(plain.loss.needs, map_layers() if map_layers else None)  # only the maps read
     cache = None
     if teacher is not None and cfg.teacher_cache and cache_key and plain.loss.needs <= {"logits"}:
         n, c = len(train_loader.dataset), teacher.config.num_labels
@@ -166,7 +170,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
                 return ModelOutputs(logits=hit.to(accelerator.device), attention_mask=batch["attention_mask"])
         state["teacher_calls"] += 1
         with torch.no_grad(), accelerator.autocast():
-            t_out = teacher(**inputs, **flags(plain.loss.needs))
+            t_out = teacher(**inputs, **teacher_flags)
         if cache is not None:
             cache.put(batch["idx"], t_out.logits)
         return t_out

@@ -93,6 +93,19 @@ def test_sdpa_and_explicit_paths_agree_in_value_and_gradient():
         assert (grads[0][name] - grads[1][name]).abs().max() <= 1e-4, name
 
 
+def test_maps_of_chosen_layers_only():
+    torch.manual_seed(0)
+    model = bert.BertForSequenceClassification(tiny_config(num_hidden_layers=3)).eval()
+    ids, mask = padded_batch(2)
+    full = model(ids, mask, output_attentions=True, output_hidden_states=True)
+    some = model(ids, mask, output_attentions={2}, output_hidden_states=True)
+    assert len(some.attentions) == 3 and some.attentions[0] is None and some.attentions[2] is None
+    assert torch.allclose(some.attentions[1], full.attentions[1], atol=1e-6)
+    assert (some.logits - full.logits).abs().max() <= 1e-5  # the other layers took the SDPA path
+    assert (some.hidden_states[-1] - full.hidden_states[-1]).abs().max() <= 1e-5
+    assert model(ids, mask, output_attentions=None).attentions == ()
+
+
 def test_qkv_shapes_and_values():
     torch.manual_seed(0)
     config = tiny_config()

@@ -164,3 +164,30 @@ def test_linear_schedule_holds_ramps_and_holds():
 def test_no_loss_file_over_300_lines():
     files = [*(Path(distill.__file__).parent / "losses").glob("*.py"), Path(distill.__file__).parent / "layer_map.py"]
     assert {f.name: n for f in files if (n := len(f.read_text().splitlines())) > 300} == {}
+
+
+def test_teacher_gives_maps_only_at_the_layers_the_losses_read():
+    from distill.engine import flags
+    from distill.losses.attention import AttentionMSE
+    from distill.losses.relation import MiniLMRelation
+
+    student = BertForSequenceClassification(tiny_config(num_hidden_layers=2))
+    teacher = BertForSequenceClassification(tiny_config(num_hidden_layers=6))
+    loss = CompositeLoss(logits=LogitsKL(), attention=AttentionMSE(layer_map="uniform"),
+                         hidden=HiddenMSE(layer_map="uniform"))
+    loss.setup(student.config, teacher.config)
+    assert loss.teacher_map_layers() == {3, 6}
+    assert flags(loss.needs, loss.teacher_map_layers())["output_attentions"] == {3, 6}
+    ids, mask = padded_batch(3)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.zeros(len(ids), dtype=torch.long)}
+    with torch.no_grad():
+        t_all = teacher.eval()(ids, mask, output_hidden_states=True, output_attentions=True)
+        t_some = teacher(ids, mask, **flags(loss.needs, loss.teacher_map_layers()))
+        s_out = student.eval()(ids, mask, **flags(loss.needs))
+    assert [m is None for m in t_some.attentions] == [True, True, False, True, True, False]
+    assert torch.allclose(loss(s_out, t_some, batch)[0], loss(s_out, t_all, batch)[0], atol=1e-5)
+    relation = CompositeLoss(relation=MiniLMRelation(), attention=AttentionMSE(layer_map=[[1, 2]]))
+    relation.setup(student.config, teacher.config)
+    assert relation.teacher_map_layers() == {2}
+    assert CompositeLoss(logits=LogitsKL()).teacher_map_layers() is None
+    assert flags(frozenset({"logits"}))["output_attentions"] is False

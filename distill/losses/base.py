@@ -83,6 +83,10 @@ class DistillLoss(nn.Module):
         """Rows (student, teacher, shapes, projection) for the dry-run table."""
         return [("-", "-", "-", "-")]
 
+    def teacher_map_layers(self) -> frozenset[int] | None:
+        """The teacher layers (1-based) whose attention maps this term reads; None: all of them."""
+        return None
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: Mapping[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
@@ -127,6 +131,13 @@ class CompositeLoss(nn.Module):
     @property
     def uses_teacher(self) -> bool:
         return any(term.uses_teacher for term in self.active().values())
+
+    def teacher_map_layers(self) -> frozenset[int] | None:
+        """Union of the active terms' teacher map layers (None: every layer, or no term reads maps)."""
+        wanted = [term.teacher_map_layers() for term in self.active().values() if "attentions" in term.needs]
+        if not wanted or any(layers is None for layers in wanted):
+            return None
+        return frozenset().union(*wanted)
 
     def setup(self, student_config: BertConfig, teacher_config: BertConfig | None) -> None:
         if not self.active():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -213,25 +214,32 @@ class BertModel(BertPreTrainedModel):
         attention_mask: Tensor | None = None,
         token_type_ids: Tensor | None = None,
         output_hidden_states: bool = False,
-        output_attentions: bool = False,
+        output_attentions: bool | Collection[int] = False,
         output_qkv: bool = False,
         **unused: Tensor,
     ) -> ModelOutputs:
-        """input_ids (B, T) → ModelOutputs with last_hidden_state (B, T, H) and what was asked."""
+        """input_ids (B, T) → ModelOutputs with last_hidden_state (B, T, H) and what was asked.
+
+        ``output_attentions`` may name layers (1-based): only those take the explicit-map path, the
+        rest keep the SDPA fast path and hold ``None`` in ``attentions`` (a teacher whose maps are
+        read at 2 of 6 layers saves the other 4 maps).
+        """
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        output_attentions = bool(output_attentions) if output_attentions in (None, 0, 1) else output_attentions
         packing = Packing(attention_mask, self.skip_padding)
         h = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         bias = mask_bias(attention_mask, h.dtype)  # (B, 1, 1, T)
         hidden, maps, qkvs = [packing.unpack(packing.pack(h))] if output_hidden_states else [], [], []
         h = packing.pack(h)  # (N, H)
-        for layer in self.encoder.layer:
-            h, probs, qkv = layer(h, bias, packing, output_attentions, output_qkv)
+        for n, layer in enumerate(self.encoder.layer, 1):
+            need_map = output_attentions if isinstance(output_attentions, bool) else n in output_attentions
+            h, probs, qkv = layer(h, bias, packing, need_map, output_qkv)
             if output_hidden_states:
                 hidden.append(packing.unpack(h))
-            if output_attentions:
+            if output_attentions is not False:
                 maps.append(probs)
             if output_qkv:
                 qkvs.append(qkv)
