@@ -59,7 +59,8 @@ def main(argv: list[str]) -> None:
     teacher_m, kd_m, base_m = med("teacher"), med("kd"), med("baseline")
     print(f"{'med':>4} {teacher_m:8.4f} {kd_m:8.4f} {base_m:8.4f}")
     median_row = sorted(rows, key=lambda r: r["kd"][key])[len(rows) // 2]
-    out = Path(hydra.utils.to_absolute_path(cfg.stage_root)).parent / "quality" / f"seed{median_row['seed']}"
+    recipe = next(a.split("=", 1)[1] for a in args if a.startswith("recipe="))
+    out = Path(hydra.utils.to_absolute_path(cfg.stage_root)).parent / "quality" / recipe / f"seed{median_row['seed']}"
     models = {"teacher": str(median_row["dirs"]["teacher"]),
               "student (KD)": str(median_row["dirs"]["distill"] / "student"),
               "student (no KD)": str(median_row["dirs"]["baseline"] / "student")}
