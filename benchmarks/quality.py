@@ -75,6 +75,7 @@ def main(argv: list[str]) -> None:
     from distill.report import table
 
     print(table(report))
+    print(f"report: {report['paths']['markdown']} (plot: {report['plots'][0]})")
     kd_report = report["models"]["student (KD)"]
     mcnemar = kd_report["mcnemar"].get("vs_student (no KD)", {})
     print(json.dumps({"retention": round(kd_m / teacher_m, 4), "teacher_metric": round(teacher_m, 4),
