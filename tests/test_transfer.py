@@ -39,6 +39,13 @@ def test_transfer_rows_are_unlabelled_and_exclude_evaluation_text():
     assert with_transfer(_data(), source, max_rows=1).splits["train"].num_rows == 3
 
 
+def test_transfer_fingerprint_is_stable_so_caches_are_shared_across_runs():
+    data, source = _data(), _source(["One two three four five. Six seven eight nine ten."])
+    first = with_transfer(data, source, max_rows=10).splits["train"]._fingerprint
+    assert with_transfer(data, source, max_rows=10).splits["train"]._fingerprint == first
+    assert with_transfer(data, source, max_rows=1).splits["train"]._fingerprint != first
+
+
 def test_transfer_needs_text():
     with pytest.raises(DistillError, match="no usable text"):
         with_transfer(_data(), _source(["short."]), max_rows=5)

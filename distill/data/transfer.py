@@ -65,6 +65,12 @@ def with_transfer(data: TaskData, source: TaskData, max_rows: int | None = 20000
         if column not in extra:
             extra[column] = [None] * len(texts)
     mixed = datasets.concatenate_datasets([train, datasets.Dataset.from_dict(extra, features=train.features)])
+    # An in-memory dataset gets a random fingerprint; a stable one (labelled split + the picked
+    # texts) lets the tokenization and the teacher-logit cache be reused by the next run or seed.
+    digest = hashlib.sha256(train._fingerprint.encode())
+    for text in texts:
+        digest.update(text.encode() + b"\0")
+    mixed = mixed.select(range(len(mixed)), new_fingerprint=digest.hexdigest()[:16])
     log.info("transfer set: %d unlabelled texts appended to %d labelled train rows", len(texts), len(train))
     splits = datasets.DatasetDict({**data.splits, "train": mixed})
     return TaskData(splits=splits, label_names=data.label_names, task=data.task, name=f"{data.name}+transfer",
