@@ -2,7 +2,7 @@
 
     distill train recipe=NAME [key=value ...]      one training run (KD or fine-tuning), Hydra overrides
     distill pipeline recipe=NAME [key=value ...]   fine-tune teacher → distill → no-KD baseline → compare → export
-    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR]
+    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR] [threads=N]
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
     distill recipes                                 list the ready recipes
     distill check                                   packaged teacher, 2-layer student, parity vs transformers
@@ -141,7 +141,7 @@ def compare_cmd(args: list[str]) -> None:
         models = {"teacher": kv["teacher"], **dict(zip(_short_names(students), students))}
         baseline, data, out = None, _data(kv["data"], kv), kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
-                     split=kv.get("split"))
+                     split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None)
     print(markdown_table(report))
     print(f"report: {Path(out) / 'report.md'}")
 
