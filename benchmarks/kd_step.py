@@ -207,17 +207,28 @@ def wait_for_quiet_machine(max_wait_s: float = 900.0, poll_s: float = 30.0) -> N
         waited += poll_s
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def bench_parser(doc: str, steps_help: str) -> argparse.ArgumentParser:
+    """The options every step-timing benchmark takes: --repeats, --steps, --no-wait."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=4, help="interleaved rounds (after one warm-up round)")
-    ap.add_argument("--steps", type=int, default=12, help="train steps per run in part 1 (first one not timed)")
-    ap.add_argument("--cache-rows", type=int, default=256, help="MR rows per epoch in the cache part")
+    ap.add_argument("--steps", type=int, default=12, help=steps_help)
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
-    args = ap.parse_args()
+    return ap
+
+
+def start(args: argparse.Namespace) -> None:
+    """Quiet logging, wait for a quiet machine unless --no-wait, seed 0."""
     logging.basicConfig(level=logging.WARNING)
     if not args.no_wait:
         wait_for_quiet_machine()
     torch.manual_seed(0)
+
+
+def main() -> None:
+    ap = bench_parser(__doc__, "train steps per run in part 1 (first one not timed)")
+    ap.add_argument("--cache-rows", type=int, default=256, help="MR rows per epoch in the cache part")
+    args = ap.parse_args()
+    start(args)
     setup = Setup(rows=max(args.cache_rows, args.steps * BATCH))
     teacher = setup.teacher
     probe = kd_loss(copy.deepcopy(setup.student), teacher)

@@ -23,10 +23,8 @@ batch's median over the rounds. Last line is JSON with "speedup_vs_fastest_other
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
-import logging
 import statistics
 import time
 
@@ -38,11 +36,12 @@ from kd_step import (
     LAYERS,
     MAX_LEN,
     Setup,
+    bench_parser,
     engine_step_times,
     interleave,
     kd_loss,
     per_batch_median,
-    wait_for_quiet_machine,
+    start,
 )
 from transformers import get_scheduler
 
@@ -124,15 +123,8 @@ def torchdistill_runner(setup: Setup, pairs):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=4, help="interleaved rounds (after one warm-up round)")
-    ap.add_argument("--steps", type=int, default=12, help="train steps per run (the first one is not timed)")
-    ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    if not args.no_wait:
-        wait_for_quiet_machine()
-    torch.manual_seed(0)
+    args = bench_parser(__doc__, "train steps per run (the first one is not timed)").parse_args()
+    start(args)
     setup = Setup(rows=args.steps * BATCH)
     teacher = setup.teacher
     loss = kd_loss(copy.deepcopy(setup.student), teacher)
