@@ -20,7 +20,7 @@ import time
 import torch
 import transformers
 
-from distill.models.bert import BertForSequenceClassification
+from distill.models.heads import BertForSequenceClassification
 from distill.models.hub import load_config, minilm_l6_path
 
 

@@ -8,7 +8,7 @@ from datasets import Dataset
 from torch import nn
 
 from distill.engine import TrainerConfig
-from distill.models import bert
+from distill.models import heads
 from tests.conftest import tiny_config
 
 
@@ -80,9 +80,9 @@ def loaders(batch_size: int = 8, n: int = 48):
 def models(dropout: float = 0.0):
     torch.manual_seed(0)
     config = tiny_config(num_labels=2, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    teacher = bert.BertForSequenceClassification(config)
+    teacher = heads.BertForSequenceClassification(config)
     teacher.init_weights()
-    student = bert.BertForSequenceClassification(tiny_config(num_labels=2, num_hidden_layers=1,
+    student = heads.BertForSequenceClassification(tiny_config(num_labels=2, num_hidden_layers=1,
                                                              hidden_dropout_prob=dropout,
                                                              attention_probs_dropout_prob=dropout))
     student.init_weights()

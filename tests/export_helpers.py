@@ -7,7 +7,7 @@ import random
 import torch
 from transformers import BertTokenizerFast
 
-from distill.models import bert
+from distill.models import heads
 from tests.conftest import tiny_config
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -32,7 +32,7 @@ def tiny_model(task: str = "sequence", vocab_size: int = 34, labels=("negative",
     torch.manual_seed(seed)
     config = tiny_config(vocab_size=vocab_size, num_labels=len(labels), id2label=dict(enumerate(labels)),
                          label2id={n: i for i, n in enumerate(labels)}, **config)
-    model = bert.TASK_CLASSES[task](config)
+    model = heads.TASK_CLASSES[task](config)
     model.init_weights()
     return model.eval()
 

@@ -4,14 +4,14 @@ import pytest
 import torch
 import transformers
 
-from distill.models import bert, ops
+from distill.models import bert, heads, ops
 from tests.conftest import padded_batch, tiny_config
 
 PAIRS = [
     (bert.BertModel, transformers.BertModel),
-    (bert.BertForSequenceClassification, transformers.BertForSequenceClassification),
-    (bert.BertForTokenClassification, transformers.BertForTokenClassification),
-    (bert.BertForMaskedLM, transformers.BertForMaskedLM),
+    (heads.BertForSequenceClassification, transformers.BertForSequenceClassification),
+    (heads.BertForTokenClassification, transformers.BertForTokenClassification),
+    (heads.BertForMaskedLM, transformers.BertForMaskedLM),
 ]
 
 
@@ -66,7 +66,7 @@ def test_skip_padding_leaves_zeros_at_padding():
 
 @pytest.mark.parametrize("act", ["gelu_new", "relu"])
 def test_parity_other_activations(act):
-    ours, hf = _pair(bert.BertForSequenceClassification, transformers.BertForSequenceClassification, 3,
+    ours, hf = _pair(heads.BertForSequenceClassification, transformers.BertForSequenceClassification, 3,
                      hidden_act=act)
     ids, mask = padded_batch(3)
     assert compare(ours, hf, ids, mask, real_only=True) <= 1e-5
@@ -75,7 +75,7 @@ def test_parity_other_activations(act):
 def test_sdpa_and_explicit_paths_agree_in_value_and_gradient():
     torch.manual_seed(0)
     config = tiny_config(attention_probs_dropout_prob=0.0, hidden_dropout_prob=0.0)
-    model = bert.BertForSequenceClassification(config)
+    model = heads.BertForSequenceClassification(config)
     model.init_weights()
     ids, mask = padded_batch(1)
     grads = []
@@ -95,7 +95,7 @@ def test_sdpa_and_explicit_paths_agree_in_value_and_gradient():
 
 def test_maps_of_chosen_layers_only():
     torch.manual_seed(0)
-    model = bert.BertForSequenceClassification(tiny_config(num_hidden_layers=3)).eval()
+    model = heads.BertForSequenceClassification(tiny_config(num_hidden_layers=3)).eval()
     ids, mask = padded_batch(2)
     full = model(ids, mask, output_attentions=True, output_hidden_states=True)
     some = model(ids, mask, output_attentions={2}, output_hidden_states=True)

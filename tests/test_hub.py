@@ -7,9 +7,14 @@ import torch
 import transformers
 
 from distill.errors import DistillError
-from distill.models import bert
+from distill.models import heads
 from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, save_pretrained
-from distill.models.student import count_parameters, student_from_config, student_from_teacher
+from distill.models.student import (
+    count_parameters,
+    student_from_config,
+    student_from_pretrained,
+    student_from_teacher,
+)
 from tests.conftest import padded_batch, tiny_config
 
 AUTO = {
@@ -21,7 +26,7 @@ AUTO = {
 
 def _ours(task, seed=0):
     torch.manual_seed(seed)
-    model = bert.TASK_CLASSES[task](tiny_config())
+    model = heads.TASK_CLASSES[task](tiny_config())
     model.init_weights()
     return model.eval()
 
@@ -88,13 +93,25 @@ def test_student_from_config_inherits_vocab_labels_and_embeddings():
     teacher = _ours("token")
     student = student_from_config(teacher, num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
                                   init_embeddings=True)
-    assert isinstance(student, bert.BertForTokenClassification)
+    assert isinstance(student, heads.BertForTokenClassification)
     assert student.config.vocab_size == 99 and student.config.num_labels == 3
     assert student.config.intermediate_size == 128
     assert torch.equal(student.bert.embeddings.word_embeddings.weight,
                        teacher.bert.embeddings.word_embeddings.weight)
     narrow = student_from_config(teacher, num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
     assert narrow.config.hidden_size == 16
+
+
+def test_student_from_pretrained_takes_the_teachers_task_and_labels(tmp_path):
+    teacher = _ours("token")
+    teacher.config.id2label = {0: "O", 1: "B-x", 2: "I-x"}
+    saved = student_from_config(teacher, num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
+    saved.config.id2label = {0: "a", 1: "b", 2: "c"}  # e.g. an earlier stage's placeholder names
+    save_pretrained(saved, tmp_path / "s")
+    student = student_from_pretrained(teacher, str(tmp_path / "s"))
+    assert isinstance(student, heads.BertForTokenClassification) and student.training
+    assert student.config.id2label == teacher.config.id2label and student.config.hidden_size == 16
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in student.state_dict().items())
 
 
 def test_project_embeddings_keeps_the_top_principal_directions():

@@ -15,7 +15,7 @@ from distill.losses.base import CompositeLoss
 from distill.losses.hard import HardCrossEntropy
 from distill.losses.hidden import HiddenMSE
 from distill.losses.logits import LogitsKL, LogitsMSE
-from distill.models.bert import BertForSequenceClassification
+from distill.models.heads import BertForSequenceClassification
 from tests.conftest import padded_batch, tiny_config
 
 CONF = Path(distill.__file__).parent / "conf"

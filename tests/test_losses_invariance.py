@@ -9,7 +9,7 @@ from distill.losses.hard import HardCrossEntropy
 from distill.losses.hidden import HiddenCosine, HiddenMSE, PatientKD
 from distill.losses.logits import LogitsKL, LogitsMSE, SoftCrossEntropy
 from distill.losses.relation import MiniLMRelation
-from distill.models.bert import BertForSequenceClassification, BertForTokenClassification
+from distill.models.heads import BertForSequenceClassification, BertForTokenClassification
 from distill.outputs import ModelOutputs
 from tests.conftest import padded_batch, tiny_config
 

@@ -8,11 +8,12 @@ Attention has two paths:
   * fast path (no maps requested): ``F.scaled_dot_product_attention`` on a fused Q/K/V projection;
   * explicit path (maps requested): ``softmax(q kᵀ / √d + mask) v`` that also returns the
     post-softmax probabilities (B, heads, T, T).
+
+The task heads (sequence / token classification, masked LM) live in :mod:`distill.models.heads`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Collection
 
@@ -188,9 +189,6 @@ class BertPreTrainedModel(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        for m in self.modules():
-            if isinstance(m, BertLMPredictionHead):
-                nn.init.zeros_(m.bias)
 
 
 class BertModel(BertPreTrainedModel):
@@ -200,6 +198,8 @@ class BertModel(BertPreTrainedModel):
     :class:`Packing`); hidden states then hold zeros at padded positions instead of the values
     transformers computes there, which no mask-respecting consumer reads.
     """
+
+    task = "base"
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -250,96 +250,3 @@ class BertModel(BertPreTrainedModel):
             attention_mask=attention_mask,
             last_hidden_state=hidden[-1] if output_hidden_states else packing.unpack(h),
         )
-
-
-class BertForSequenceClassification(BertPreTrainedModel):
-    """[CLS] → pooler → dropout → linear; logits (B, C)."""
-
-    task = "sequence"
-
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=True)
-        drop = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
-        out = self.bert(input_ids, attention_mask, **kw)
-        logits = self.classifier(self.dropout(self.bert.pooler(out.last_hidden_state)))
-        return _with_logits(out, logits)
-
-
-class BertForTokenClassification(BertPreTrainedModel):
-    """Every token → dropout → linear; logits (B, T, C)."""
-
-    task = "token"
-
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        drop = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
-        out = self.bert(input_ids, attention_mask, **kw)
-        return _with_logits(out, self.classifier(self.dropout(out.last_hidden_state)))
-
-
-class BertPredictionHeadTransform(nn.Module):
-    def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-        self.act = activation(config.hidden_act)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.LayerNorm(self.act(self.dense(x)))
-
-
-class BertLMPredictionHead(nn.Module):
-    """transform → decoder tied to the word embeddings (+ its own bias); (B, T, H) → (B, T, V)."""
-
-    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
-        super().__init__()
-        self.transform = BertPredictionHeadTransform(config)
-        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        self.decoder.weight = word_embeddings.weight  # tied, as in HF
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.transform(x), self.decoder.weight, self.bias)
-
-
-class BertOnlyMLMHead(nn.Module):
-    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
-        super().__init__()
-        self.predictions = BertLMPredictionHead(config, word_embeddings)
-
-
-class BertForMaskedLM(BertPreTrainedModel):
-    """Masked-LM head (BERT's pre-training objective); logits (B, T, V)."""
-
-    task = "mlm"
-
-    def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        self.cls = BertOnlyMLMHead(config, self.bert.embeddings.word_embeddings)
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
-        out = self.bert(input_ids, attention_mask, **kw)
-        return _with_logits(out, self.cls.predictions(out.last_hidden_state))
-
-
-def _with_logits(out: ModelOutputs, logits: Tensor) -> ModelOutputs:
-    return dataclasses.replace(out, logits=logits)
-
-
-TASK_CLASSES = {
-    "sequence": BertForSequenceClassification,
-    "token": BertForTokenClassification,
-    "mlm": BertForMaskedLM,
-    "base": BertModel,
-}

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig
 
 from distill.errors import DistillError
-from distill.models.bert import TASK_CLASSES, BertModel, BertPreTrainedModel
+from distill.models.bert import BertModel, BertPreTrainedModel
+from distill.models.heads import TASK_CLASSES
 
 log = logging.getLogger(__name__)
 

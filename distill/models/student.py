@@ -150,6 +150,24 @@ def student_from_teacher(
     return student
 
 
+def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **config_overrides) -> BertPreTrainedModel:
+    """A student that starts from a saved checkpoint (a HF BERT dir or hub id), for the teacher's task.
+
+    E.g. the student of an earlier distillation stage (``distill pipeline`` with ``intermediate:``) or a
+    task-agnostic distilled BERT. Its head takes the teacher's labels; vocab must match the teacher's.
+    """
+    from distill.models.heads import TASK_CLASSES
+    from distill.models.hub import from_pretrained
+
+    task = next((name for name, cls in TASK_CLASSES.items() if type(teacher) is cls), None)
+    if task is None:
+        raise DistillError(f"the teacher is a {type(teacher).__name__}, not one of distill's BERT classes")
+    student = from_pretrained(name_or_path, task=task, id2label=teacher.config.id2label, **config_overrides)
+    log.info("student from %s (%d layers, hidden %d)", name_or_path, student.config.num_hidden_layers,
+             student.config.hidden_size)
+    return student.train()
+
+
 def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
     """Total parameters and those outside the embeddings (tied weights counted once)."""
     params = {id(p): p for p in model.parameters()}
@@ -169,7 +187,7 @@ def random_bert(
 ) -> BertPreTrainedModel:
     """A randomly initialised BERT with the packaged MiniLM's vocabulary and tokenizer (for tests and
     smoke runs: ``teacher=tiny``)."""
-    from distill.models.bert import TASK_CLASSES
+    from distill.models.heads import TASK_CLASSES
     from distill.models.hub import minilm_l6_path
 
     labels = dict(id2label or {0: "LABEL_0", 1: "LABEL_1"})
