@@ -38,6 +38,8 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
         log.info("stage %s: reusing %s (same resolved config)", name, out)
         return out
     log.info("stage %s: running in %s", name, out)
+    out.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.create(resolved), out / "stage.yaml")  # what this stage ran, for the record
     run_training(cfg, out)
     return out
 
@@ -60,12 +62,29 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
     kd_cfg.teacher = fine_tuned
     if kd_cfg.trainer.get("cache_dir") is None:  # one logits cache for every seed and recipe (fingerprinted)
         kd_cfg.trainer.cache_dir = str(root / "teacher_cache")
-    kd_dir = stage("distill", kd_cfg, root)
+    dirs = {"teacher": teacher_dir}
+    if cfg.get("intermediate") is not None:  # TinyBERT's first task step: the KD stage starts from its student
+        dirs["intermediate"] = stage("intermediate", intermediate_stage_config(kd_cfg, cfg.intermediate), root)
+        kd_cfg.student = {"_target_": "distill.models.student.student_from_pretrained",
+                          "name_or_path": str(dirs["intermediate"] / "student")}
+    dirs["distill"] = stage("distill", kd_cfg, root)
     baseline = {k: v for k, v in OmegaConf.to_container(cfg.get("baseline") or {}).items() if v is not None}
-    base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": baseline})
+    base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "student": None, "trainer": baseline})
     base_cfg.losses = _load("losses/hard_only.yaml")
-    base_dir = stage("baseline", base_cfg, root)
-    return {"teacher": teacher_dir, "distill": kd_dir, "baseline": base_dir}
+    base_cfg.student = cfg.student  # the recipe's own student: no teacher-trained start for the baseline
+    dirs["baseline"] = stage("baseline", base_cfg, root)
+    return dirs
+
+
+def intermediate_stage_config(kd_cfg: DictConfig, intermediate: DictConfig) -> DictConfig:
+    """The intermediate-layer stage: the KD stage's teacher, student and data with its own losses
+    (e.g. MiniLM relations + hidden MSE) and trainer keys. Its task head is not trained, so the run
+    keeps its last weights rather than the best validation accuracy."""
+    trainer = OmegaConf.merge(kd_cfg.trainer, intermediate.get("trainer") or {},
+                              {"load_best_at_end": False, "early_stopping_patience": None})
+    out = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": None})
+    out.losses, out.trainer = intermediate.losses, trainer
+    return out
 
 
 def train_texts(data) -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import hydra
 import pytest
 from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
 
 from distill.cli import main
 from distill.config_check import options, translate
@@ -90,6 +91,28 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     assert len(list((tmp_path / "stages").iterdir())) == 4  # 3 stages + the shared teacher cache
 
 
+def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path):
+    """mr_compact: relation + hidden stage first; with lr 0 in the KD and baseline stages their students
+    stay exactly where they start: the intermediate stage's weights, and the recipe's fresh student."""
+    import torch
+
+    from distill.config_check import compose_checked
+    from distill.models.hub import load_state_dict
+    from distill.pipeline import train_stages
+
+    cfg = compose_checked(translate(["recipe=mr_compact", *SMOKE, "data.limit=48", "finetune.max_steps=2",
+                                     "data.transfer.max_rows=64", "trainer.lr=0", f"stage_root={tmp_path}"]))
+    dirs = train_stages(cfg)
+    assert sorted(dirs) == ["baseline", "distill", "intermediate", "teacher"]
+    weights = {name: load_state_dict(dirs[name] / "student") for name in ("intermediate", "distill", "baseline")}
+    assert all(torch.equal(v, weights["intermediate"][k]) for k, v in weights["distill"].items())
+    moved = [k for k, v in weights["baseline"].items() if not torch.equal(v, weights["intermediate"][k])]
+    assert any(".attention." in k for k in moved)  # the intermediate stage trained (lr 5e-4), the baseline did not
+    stage = OmegaConf.load(dirs["intermediate"] / "stage.yaml")
+    assert stage.trainer.load_best_at_end is False and stage.trainer.lr == 5.0e-4
+    assert OmegaConf.load(dirs["baseline"] / "stage.yaml").student == cfg.student
+
+
 def test_wheel_ships_configs_and_recipes(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
@@ -136,8 +159,6 @@ def test_runtime_errors_are_one_line(tmp_path):
 def test_every_mr_recipe_shares_one_fine_tuned_teacher():
     """The teacher stage depends on teacher, data (without any transfer set) and fine-tune settings only."""
     import json as _json
-
-    from omegaconf import OmegaConf
 
     from distill.config_check import compose_checked
     from distill.pipeline import STAGE_KEYS, teacher_stage_config
