@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from distill.errors import DistillError
 from distill.run import run_training
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,9 @@ def intermediate_stage_config(kd_cfg: DictConfig, intermediate: DictConfig) -> D
     """The intermediate-layer stage: the KD stage's teacher, student and data with its own losses
     (e.g. MiniLM relations + hidden MSE) and trainer keys. Its task head is not trained, so the run
     keeps its last weights rather than the best validation accuracy."""
+    if not isinstance(intermediate, DictConfig) or intermediate.get("losses") is None:
+        raise DistillError("intermediate needs a losses node (e.g. a CompositeLoss of MiniLMRelation and "
+                           "HiddenMSE, see recipes/mr_compact.yaml); set intermediate=null for no such stage")
     trainer = OmegaConf.merge(kd_cfg.trainer, intermediate.get("trainer") or {},
                               {"load_best_at_end": False, "early_stopping_patience": None})
     out = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": None})

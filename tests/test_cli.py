@@ -111,6 +111,8 @@ def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path)
     stage = OmegaConf.load(dirs["intermediate"] / "stage.yaml")
     assert stage.trainer.load_best_at_end is False and stage.trainer.lr == 5.0e-4
     assert OmegaConf.load(dirs["baseline"] / "stage.yaml").student == cfg.student
+    bad = _cli("pipeline", "recipe=mr_compact", *SMOKE, "~intermediate.losses", f"stage_root={tmp_path}")
+    assert bad.returncode != 0 and "intermediate needs a losses node" in bad.stderr.strip().splitlines()[-1]
 
 
 def test_wheel_ships_configs_and_recipes(tmp_path):
