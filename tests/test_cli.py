@@ -115,6 +115,24 @@ def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path)
     assert bad.returncode != 0 and "intermediate needs a losses node" in bad.stderr.strip().splitlines()[-1]
 
 
+def test_student_group_pretrained_starts_from_a_saved_bert(tmp_path):
+    import torch
+
+    from distill.config_check import compose_checked
+    from distill.models.hub import save_pretrained
+    from distill.models.student import random_bert
+
+    saved = random_bert(num_hidden_layers=1, hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    save_pretrained(saved, tmp_path / "s")
+    cfg = compose_checked(["teacher=tiny", "student=pretrained", f"student.name_or_path={tmp_path / 's'}",
+                           "data.limit=32"])
+    data = hydra.utils.instantiate(cfg.data.source)
+    teacher, student = build_models(cfg, data)
+    check_compatible(teacher, student)
+    assert student.config.id2label == dict(enumerate(data.label_names))
+    assert all(torch.equal(v, saved.state_dict()[k]) for k, v in student.state_dict().items())
+
+
 def test_wheel_ships_configs_and_recipes(tmp_path):
     wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
