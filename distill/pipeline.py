@@ -1,4 +1,4 @@
-"""`distill pipeline`: fine-tune teacher → distill student → no-KD baseline → compare → export.
+"""`distill pipeline`: fine-tune teacher → [intermediate stage] → distill student → no-KD baseline → compare → export.
 
 Each training stage runs in ``stage_root/<stage>-<hash of its resolved config>``; a stage whose
 directory already holds ``metrics.json`` is reused, so the teacher is fine-tuned once per
@@ -55,7 +55,8 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
 
 
 def train_stages(cfg: DictConfig) -> dict[str, Path]:
-    """Teacher fine-tuning, distillation and the no-KD baseline (each reused when already done)."""
+    """Teacher fine-tuning, the optional intermediate stage, distillation and the no-KD baseline (each
+    reused when already done); returns their dirs by stage name."""
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
     teacher_dir = stage("teacher", teacher_stage_config(cfg), root) / "student"
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
