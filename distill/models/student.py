@@ -16,6 +16,8 @@ from transformers import BertConfig
 
 from distill.errors import DistillError
 from distill.models.bert import BertModel, BertPreTrainedModel
+from distill.models.heads import TASK_CLASSES
+from distill.models.hub import from_pretrained, minilm_l6_path
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +158,6 @@ def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **c
     E.g. the student of an earlier distillation stage (``distill pipeline`` with ``intermediate:``) or a
     task-agnostic distilled BERT. Its head takes the teacher's labels; vocab must match the teacher's.
     """
-    from distill.models.heads import TASK_CLASSES
-    from distill.models.hub import from_pretrained
-
     task = next((name for name, cls in TASK_CLASSES.items() if type(teacher) is cls), None)
     if task is None:
         raise DistillError(f"the teacher is a {type(teacher).__name__}, not one of distill's BERT classes")
@@ -187,9 +186,6 @@ def random_bert(
 ) -> BertPreTrainedModel:
     """A randomly initialised BERT with the packaged MiniLM's vocabulary and tokenizer (for tests and
     smoke runs: ``teacher=tiny``)."""
-    from distill.models.heads import TASK_CLASSES
-    from distill.models.hub import minilm_l6_path
-
     labels = dict(id2label or {0: "LABEL_0", 1: "LABEL_1"})
     config = BertConfig(vocab_size=30522, hidden_size=hidden_size, num_hidden_layers=num_hidden_layers,
                         num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
