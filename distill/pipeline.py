@@ -62,7 +62,7 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
     kd_cfg = OmegaConf.merge(cfg, {"teacher": None})
     kd_cfg.teacher = fine_tuned
-    if kd_cfg.trainer.get("cache_dir") is None:  # one logits cache for every seed and recipe (fingerprinted)
+    if kd_cfg.trainer.get("cache_dir") is None:  # one cache dir for all recipes; entries keyed by teacher + data
         kd_cfg.trainer.cache_dir = str(root / "teacher_cache")
     dirs = {"teacher": teacher_dir}
     if cfg.get("intermediate") is not None:  # TinyBERT's first task step: the KD stage starts from its student
