@@ -18,17 +18,24 @@ from distill.models.ops import activation
 from distill.outputs import ModelOutputs
 
 
-class BertForSequenceClassification(BertPreTrainedModel):
+class _Classifier(BertPreTrainedModel):
+    """Encoder (+ pooler when ``pooling``) → dropout → linear to ``num_labels``: HF's module names."""
+
+    def __init__(self, config: BertConfig, pooling: bool):
+        super().__init__(config)
+        self.bert = BertModel(config, add_pooling_layer=pooling)
+        drop = config.classifier_dropout
+        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+
+
+class BertForSequenceClassification(_Classifier):
     """[CLS] → pooler → dropout → linear; logits (B, C)."""
 
     task = "sequence"
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=True)
-        drop = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        super().__init__(config, pooling=True)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
         out = self.bert(input_ids, attention_mask, **kw)
@@ -36,17 +43,13 @@ class BertForSequenceClassification(BertPreTrainedModel):
         return _with_logits(out, logits)
 
 
-class BertForTokenClassification(BertPreTrainedModel):
+class BertForTokenClassification(_Classifier):
     """Every token → dropout → linear; logits (B, T, C)."""
 
     task = "token"
 
     def __init__(self, config: BertConfig):
-        super().__init__(config)
-        self.bert = BertModel(config, add_pooling_layer=False)
-        drop = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        super().__init__(config, pooling=False)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
         out = self.bert(input_ids, attention_mask, **kw)

@@ -158,8 +158,8 @@ def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **c
     E.g. the student of an earlier distillation stage (``distill pipeline`` with ``intermediate:``) or a
     task-agnostic distilled BERT. Its head takes the teacher's labels; vocab must match the teacher's.
     """
-    task = next((name for name, cls in TASK_CLASSES.items() if type(teacher) is cls), None)
-    if task is None:
+    task = getattr(teacher, "task", None)  # every distill BERT class names its task
+    if task not in TASK_CLASSES:
         raise DistillError(f"the teacher is a {type(teacher).__name__}, not one of distill's BERT classes")
     student = from_pretrained(name_or_path, task=task, id2label=teacher.config.id2label, **config_overrides)
     log.info("student from %s (%d layers, hidden %d)", name_or_path, student.config.num_hidden_layers,
