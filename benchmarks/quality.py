@@ -26,7 +26,7 @@ from distill.compare import compare
 from distill.config_check import compose_checked, translate
 from distill.evaluate import main_metric
 from distill.export import export, summary_line
-from distill.pipeline import train_stages, train_texts
+from distill.pipeline import CONTROL, kd_steps, train_stages, train_texts
 
 
 def main(argv: list[str]) -> None:
@@ -47,23 +47,34 @@ def main(argv: list[str]) -> None:
         dirs = train_stages(cfg)
         kd = json.loads((dirs["distill"] / "metrics.json").read_text())
         base = json.loads((dirs["baseline"] / "metrics.json").read_text())
-        rows.append({"seed": seed, "dirs": dirs, "teacher": kd["teacher"], "kd": kd["student"],
-                     "baseline": base["student"]})
+        row = {"seed": seed, "dirs": dirs, "teacher": kd["teacher"], "kd": kd["student"], "baseline": base["student"],
+               "steps": kd_steps(dirs), "baseline_steps": base["steps"]}
+        if "control" in dirs:
+            row["control"] = json.loads((dirs["control"] / "metrics.json").read_text())["student"]
+        rows.append(row)
     data = hydra.utils.instantiate(cfg.data.source)
     key = main_metric(data.task)
     n_test = len(data.splits["test"])
-    print(f"{'seed':>4} {'teacher':>8} {'KD':>8} {'no KD':>8}   ({key} on the test split, {n_test} rows)")
+    control = all("control" in r for r in rows)
+    extra = f" {'control':>8}" if control else ""
+    print(f"{'seed':>4} {'teacher':>8} {'KD':>8} {'no KD':>8}{extra}   ({key} on the test split, {n_test} rows;"
+          f" control: augmented rows with gold labels, no teacher; steps KD / no KD: {rows[0]['steps']} /"
+          f" {rows[0]['baseline_steps']})")
     for r in rows:
-        print(f"{r['seed']:>4} {r['teacher'][key]:8.4f} {r['kd'][key]:8.4f} {r['baseline'][key]:8.4f}")
+        extra = f" {r['control'][key]:8.4f}" if control else ""
+        print(f"{r['seed']:>4} {r['teacher'][key]:8.4f} {r['kd'][key]:8.4f} {r['baseline'][key]:8.4f}{extra}")
     med = lambda name: statistics.median(r[name][key] for r in rows)  # noqa: E731
     teacher_m, kd_m, base_m = med("teacher"), med("kd"), med("baseline")
-    print(f"{'med':>4} {teacher_m:8.4f} {kd_m:8.4f} {base_m:8.4f}")
+    control_m = med("control") if control else None
+    print(f"{'med':>4} {teacher_m:8.4f} {kd_m:8.4f} {base_m:8.4f}" + (f" {control_m:8.4f}" if control else ""))
     median_row = sorted(rows, key=lambda r: r["kd"][key])[len(rows) // 2]
     recipe = next(a.split("=", 1)[1] for a in args if a.startswith("recipe="))
     out = Path(hydra.utils.to_absolute_path(cfg.stage_root)).parent / "quality" / recipe / f"seed{median_row['seed']}"
     models = {"teacher": str(median_row["dirs"]["teacher"]),
               "student (KD)": str(median_row["dirs"]["distill"] / "student"),
               "student (no KD)": str(median_row["dirs"]["baseline"] / "student")}
+    if control:
+        models[CONTROL] = str(median_row["dirs"]["control"] / "student")
     if trim:
         for name, stage in (("student (KD)", "distill"), ("student (no KD)", "baseline")):
             target = out / f"{stage}-trimmed"
@@ -83,6 +94,11 @@ def main(argv: list[str]) -> None:
                       "param_ratio": round(kd_report["params_ratio"], 4), "trim_vocab": trim,
                       "median_seed_shipped_metric": round(kd_report["metrics"][key]["value"], 4),
                       "speedup": round(kd_report["speedup_p50"], 3), "kd_vs_baseline_p": mcnemar.get("p_value"),
+                      "control_metric": None if control_m is None else round(control_m, 4),
+                      "control_vs_baseline_p": report["models"].get(CONTROL, {}).get("mcnemar", {})
+                      .get("vs_student (no KD)", {}).get("p_value"),
+                      "per_seed": [{"seed": r["seed"], "kd": r["kd"][key], "baseline": r["baseline"][key],
+                                    "control": r.get("control", {}).get(key)} for r in rows],
                       "seeds": seeds, "metric": key}))
 
 

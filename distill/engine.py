@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from distill.checkpoint import resume, save_checkpoint
+from distill.data.tokenize import lengths
 from distill.errors import DistillError
 from distill.evaluate import Predictions, main_metric, metrics
 from distill.outputs import ModelOutputs
@@ -148,7 +149,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     cache = None
     if teacher is not None and cfg.teacher_cache and cache_key and plain.loss.needs <= {"logits"}:
         n, c = len(train_loader.dataset), teacher.config.num_labels
-        shape = (c,) if task == "sequence" else (teacher.config.max_position_embeddings, c)
+        # token rows: as long as the longest tokenized row, not max_position_embeddings
+        shape = (c,) if task == "sequence" else (max(lengths(train_loader.dataset)), c)
         with accelerator.main_process_first():
             cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
     if accelerator.is_main_process and cfg.log_with:

@@ -21,6 +21,7 @@ from distill.run import run_training
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
+CONTROL = "student (augmented, gold labels, no KD)"
 
 
 def _load(relative: str) -> DictConfig:
@@ -50,6 +51,7 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     trainer = OmegaConf.merge(_load("trainer/default.yaml"), cfg.get("finetune") or {})
     data = OmegaConf.to_container(cfg.data)  # interpolations kept: they are relative to the data node
     data.pop("transfer", None)  # the teacher learns from gold labels only
+    data.pop("augment", None)
     return OmegaConf.create({"teacher": None, "student": cfg.teacher, "data": data,
                              "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
 
@@ -71,11 +73,26 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
                           "name_or_path": str(dirs["intermediate"] / "student")}
     dirs["distill"] = stage("distill", kd_cfg, root)
     baseline = {k: v for k, v in OmegaConf.to_container(cfg.get("baseline") or {}).items() if v is not None}
+    augmenting = cfg.data.get("augment") is not None
+    if augmenting and not {"epochs", "max_steps"} & set(baseline):
+        baseline["max_steps"] = kd_steps(dirs)  # gold rows only, for as many steps as the KD stages took
     base_cfg = OmegaConf.merge(kd_cfg, {"losses": None, "student": None, "trainer": baseline})
     base_cfg.losses = _load("losses/hard_only.yaml")
     base_cfg.student = cfg.student  # the recipe's own student: no teacher-trained start for the baseline
+    if augmenting:
+        base_cfg.data.augment = None  # the no-KD twin trains on the labelled rows it was given
     dirs["baseline"] = stage("baseline", base_cfg, root)
+    if augmenting and cfg.get("control"):  # the same augmented rows with their source's gold label, no teacher
+        control = OmegaConf.merge(base_cfg, {"trainer": {"max_steps": kd_steps(dirs)}})
+        control.data.augment = OmegaConf.merge(kd_cfg.data.augment, {"label": "gold"})
+        dirs["control"] = stage("control", control, root)
     return dirs
+
+
+def kd_steps(dirs: dict[str, Path]) -> int:
+    """Optimizer steps of the intermediate and KD stages together (from their metrics.json)."""
+    return sum(json.loads((dirs[name] / "metrics.json").read_text())["steps"]
+               for name in ("intermediate", "distill") if name in dirs)
 
 
 def intermediate_stage_config(kd_cfg: DictConfig, intermediate: DictConfig) -> DictConfig:
@@ -102,8 +119,7 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     dirs = train_stages(cfg)
     teacher_dir, kd_dir, base_dir = dirs["teacher"], dirs["distill"], dirs["baseline"]
-    (out / "pipeline.json").write_text(json.dumps(
-        {"teacher": str(teacher_dir), "distill": str(kd_dir), "baseline": str(base_dir)}, indent=1))
+    (out / "pipeline.json").write_text(json.dumps({name: str(d) for name, d in dirs.items()}, indent=1))
 
     from distill.compare import compare
     from distill.export import export
@@ -111,8 +127,11 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     data = hydra.utils.instantiate(cfg.data.source)
     models = {"teacher": str(teacher_dir), "student (KD)": str(kd_dir / "student"),
               "student (no KD)": str(base_dir / "student")}
-    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)",
-                     curves={"KD": kd_dir / "metrics.jsonl", "no KD": base_dir / "metrics.jsonl"})
+    curves = {"KD": kd_dir / "metrics.jsonl", "no KD": base_dir / "metrics.jsonl"}
+    if "control" in dirs:
+        models[CONTROL] = str(dirs["control"] / "student")
+        curves["augmented, gold labels"] = dirs["control"] / "metrics.jsonl"
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", curves=curves)
     texts = train_texts(data)
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,

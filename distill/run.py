@@ -12,6 +12,7 @@ from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from distill.data.collate import Collator, make_dataloader
 from distill.data.tokenize import summarize, tokenize
@@ -61,6 +62,31 @@ def trainer_config(node: DictConfig) -> TrainerConfig:
     return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
 
 
+def augmented(node: DictConfig, data, tokenizer):
+    """``data`` with the ``data.augment`` node's variants appended (type-checked; one process
+    generates, the others read its cache)."""
+    from accelerate import PartialState
+
+    from distill.data.augment import Augment, augment
+
+    values = OmegaConf.to_container(node, resolve=True)
+    model_node, extra_node = values["mlm"].pop("model", None), values["mlm"].pop("extra_text", None)
+    try:
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Augment), values))
+    except OmegaConfBaseException as e:  # a wrong key or type: OmegaConf names it
+        raise DistillError(f"data.augment: {e.msg}") from None
+    if model_node is None:
+        raise DistillError("data.augment.mlm.model is missing; set it to a model node, e.g. "
+                           "{_target_: distill.models.hub.load_packaged_minilm}")
+    extra = []
+    if extra_node is not None:  # more raw text for fitting the masked-LM head only
+        source = hydra.utils.instantiate(extra_node)
+        extra = [t for s in source.splits.values() if "text" in s.column_names for t in s["text"]]
+    log.info("Instantiating augmentation masked-LM <%s>", model_node.get("_target_"))
+    with PartialState().main_process_first():
+        return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra)
+
+
 def loaders(cfg: DictConfig, tokenized, tokenizer, seed: int):
     collator = Collator(tokenizer)
     train_loader = make_dataloader(tokenized["train"], collator, cfg.data.batch_size, shuffle=True, seed=seed,
@@ -94,6 +120,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet
     source = teacher.config.name_or_path if teacher is not None else ""
     tokenizer = load_tokenizer(source or student.config.name_or_path)
+    if cfg.data.get("augment"):
+        data = augmented(cfg.data.augment, data, tokenizer)
     tokenized = tokenize(data, tokenizer, cfg.data.max_length)
     log.info(summarize(data, tokenized))
     log.info("Instantiating losses <%s>", cfg.losses._target_)

@@ -3,7 +3,8 @@
 A batch is ``{"input_ids", "attention_mask", "token_type_ids", "labels"?, "idx"}``, all int64
 tensors: ids/masks (B, T) with T the longest row in the batch (rounded up to
 ``pad_to_multiple_of``); labels (B,) for sequence tasks or (B, T) padded with -100 for token
-tasks; idx (B,), the row within its split (keys the teacher-output cache). Any other column
+tasks; idx (B,), the row within its split (keys the teacher-output cache); gold (B,), augmented
+splits only: 0 on rows the teacher labels (the hard-label loss skips them). Any other column
 (``word_ids``, ``truncated``, text) is dropped, so ``model(**batch)``-style calls stay clean.
 """
 
@@ -19,7 +20,7 @@ from distill.data.tokenize import IGNORE, lengths
 from distill.errors import DistillError
 
 PADDED = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
-KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "idx")
+KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "idx", "gold")
 
 
 class Collator:

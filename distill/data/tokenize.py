@@ -10,7 +10,8 @@ leaves nothing half-written.
 Output columns (all ints, one row per example; raw text: one row per chunk):
     input_ids (T,), attention_mask (T,), token_type_ids (T,), idx (row within split), truncated,
     labels: int (sequence) | (T,) with -100 on specials and non-first sub-tokens (token) | absent (raw),
-    word_ids (T,), -1 for specials (token tasks only).
+    word_ids (T,), -1 for specials (token tasks only),
+    gold: 1 = a human label, 0 = a teacher-labelled augmented row (only where the split has ``gold``).
 """
 
 from __future__ import annotations
@@ -55,9 +56,15 @@ def _encode_sequence(batch: dict, indices: list[int], tokenizer, max_length: int
     """Texts (and pairs) → ids; the longer side of a pair is cut first."""
     pair = batch.get("text_pair")
     enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length, return_token_type_ids=True)
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "token_type_ids": enc["token_type_ids"], "labels": batch["label"], "idx": indices,
-            "truncated": _truncated(enc)}
+    return _with_gold(batch, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                              "token_type_ids": enc["token_type_ids"], "labels": batch["label"], "idx": indices,
+                              "truncated": _truncated(enc)})
+
+
+def _with_gold(batch: dict, out: dict) -> dict:
+    if "gold" in batch:  # augmented split: which rows carry a human label
+        out["gold"] = batch["gold"]
+    return out
 
 
 def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
@@ -74,11 +81,11 @@ def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int) -
     enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length,
                     return_token_type_ids=True)
     word_ids = [enc.word_ids(i) for i in range(len(batch["tokens"]))]
-    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-            "token_type_ids": enc["token_type_ids"],
-            "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
-            "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
-            "idx": indices, "truncated": _truncated(enc)}
+    return _with_gold(batch, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+                              "token_type_ids": enc["token_type_ids"],
+                              "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
+                              "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
+                              "idx": indices, "truncated": _truncated(enc)})
 
 
 def _encode_raw(batch: dict, tokenizer, max_length: int) -> dict:
@@ -93,9 +100,11 @@ def _add_idx(batch: dict, indices: list[int]) -> dict:
     return {"idx": indices}
 
 
-def _features(task: str) -> datasets.Features:
+def _features(task: str, gold: bool = False) -> datasets.Features:
     """Column types of the map output (ids as int32 on disk; the collator makes int64 tensors)."""
     feats = {"input_ids": IDS, "attention_mask": MASK, "token_type_ids": MASK}
+    if gold:
+        feats["gold"] = datasets.Value("int8")
     if task == "sequence":
         feats["labels"] = datasets.Value("int64")
     elif task == "token":
@@ -131,7 +140,8 @@ def tokenize(data: TaskData, tokenizer, max_length: int = 128) -> datasets.Datas
             encode = _encode_token if data.task == "token" else _encode_sequence
             out[split] = ds.map(functools.partial(encode, tokenizer=tokenizer, max_length=max_length),
                                 batched=True, with_indices=True, remove_columns=ds.column_names,
-                                new_fingerprint=fingerprint, features=_features(data.task),
+                                new_fingerprint=fingerprint,
+                                features=_features(data.task, "gold" in ds.column_names),
                                 desc=desc)
         log.debug("%s %s: %s", data.name, split, "loaded from the datasets cache" if cached else "tokenized")
     return datasets.DatasetDict(out)
@@ -172,13 +182,14 @@ def summarize(data: TaskData, tokenized: datasets.DatasetDict) -> str:
         else:
             counts = [0] * len(data.label_names)
             unlabelled = 0
-            for label in train["label"]:
-                if label < 0:  # a transfer-set row: the teacher labels it
+            gold = train["gold"] if "gold" in train.column_names else [1] * len(train)
+            for label, human in zip(train["label"], gold):
+                if label < 0 or not human:  # a transfer-set or augmented row: the teacher labels it
                     unlabelled += 1
                 else:
                     counts[label] += 1
             parts.append("train labels " + ", ".join(f"{n} {c:,}" for n, c in zip(data.label_names, counts))
-                         + (f", unlabelled {unlabelled:,}" if unlabelled else ""))
+                         + (f", teacher-labelled {unlabelled:,}" if unlabelled else ""))
     all_lengths = [n for d in tokenized.values() for n in lengths(d)]
     truncated = sum(sum(d["truncated"]) for d in tokenized.values())
     if all_lengths:

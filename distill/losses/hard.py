@@ -19,7 +19,9 @@ class HardCrossEntropy(DistillLoss):
 
     L = −(1/N) Σ_n log softmax(z[n])[y_n], over the last axis (classes), where the rows n are
       * sequence tasks: logits (B, C), labels (B,) — rows with label −100 are skipped;
-      * token tasks: logits (B, T, C), labels (B, T) — only real tokens with label != −100.
+      * token tasks: logits (B, T, C), labels (B, T) — only real tokens with label != −100;
+      * with ``batch["gold"]`` (B,) (an augmented split), only rows with gold = 1: the other rows are
+        variants the teacher labels, not a human.
     Regression (num_labels = 1, float labels (B,)): L = (1/B) Σ (z[b, 0] − y_b)².
     """
 
@@ -54,6 +56,10 @@ class HardCrossEntropy(DistillLoss):
         keep = labels != IGNORE_INDEX  # (B,) or (B, T)
         if logits.dim() == 3:
             keep = keep & real_tokens(student, batch, logits)
+        gold = batch.get("gold")
+        if gold is not None:
+            gold = gold.to(keep.device).bool()  # (B,)
+            keep = keep & (gold[:, None] if keep.dim() == 2 else gold)
         rows, targets = logits[keep], labels[keep]  # (N, C), (N,)
         self._check_range(targets, logits.shape[-1])
         return F.cross_entropy(rows, targets, reduction="sum") / max(targets.numel(), 1)

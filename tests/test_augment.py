@@ -1,0 +1,222 @@
+"""Augmentation: strided masking, candidates, mention swaps, variants, gold flags, caching, the CLI path."""
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from distill.data.augment import Augment, augment
+from distill.data.contextual import _jobs, contextual_candidates, single_piece, whole_word_ids
+from distill.data.corpus import TaskData
+from distill.data.mentions import mention_bank, spans, swap
+from distill.data.mlm_head import MLMFit, held_out_accuracy, masked_lm
+from distill.data.neighbours import embedding_neighbours
+from distill.data.sources import tiny
+from distill.errors import DistillError
+from distill.losses.hard import HardCrossEntropy
+from distill.models.hub import load_tokenizer, minilm_l6_path
+from distill.models.student import random_bert
+from distill.outputs import ModelOutputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(minilm_l6_path())
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DISTILL_CACHE", str(tmp_path / "cache"))
+
+
+def tiny_mlm():
+    torch.manual_seed(0)
+    return random_bert("mlm", num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+
+
+def test_strided_masking_asks_every_eligible_word_once_in_mask_every_passes(tokenizer):
+    sentences = [["the", "film", "was", "dull", "and", "very", "long", "indeed"]]
+    eligible = [[w != "and" for w in sentences[0]]]
+    enc, positions = single_piece(tokenizer, sentences, 32)
+    jobs = _jobs(enc, positions, eligible, tokenizer.mask_token_id, mask_every=3)
+    assert len(jobs) == 3  # 7 eligible words, every 3rd per pass
+    asked = [t[1] for _, targets in jobs for t in targets]
+    assert sorted(asked) == [0, 1, 2, 3, 5, 6, 7]  # word 4 ("and") is not eligible
+    for ids, targets in jobs:  # exactly the asked words are [MASK]; the others keep their ids
+        masked = [t for t, i in enumerate(ids) if i == tokenizer.mask_token_id]
+        assert masked == [t[2] for t in targets]
+        assert all(enc["input_ids"][0][t[2]] == t[3] for t in targets)
+    assert [t[1] for t in jobs[0][1]] == [0, 3, 7]  # ranks 0, 3, 6 of the eligible words
+
+
+def test_multi_piece_words_are_not_asked_of_the_masked_lm(tokenizer):
+    _, positions = single_piece(tokenizer, [["a", "histrionics", "film"]], 32)
+    assert sorted(positions[0]) == [0, 2]  # "histrionics" is several word pieces
+
+
+def test_contextual_candidates_are_whole_words_never_the_word_itself(tokenizer):
+    sentences = [["the", "film", "was", "dull"], ["a", "great", "movie"]]
+    eligible = [[True] * 4, [True] * 3]
+    mlm = tiny_mlm()
+    allowed = set(tokenizer.convert_ids_to_tokens(whole_word_ids(tokenizer).tolist()))
+    for pool in (0, 20):
+        found = contextual_candidates(mlm, tokenizer, sentences, eligible, top_k=5, mask_every=2, pool=pool)
+        assert set(found) == {(0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)}
+        for (i, j), words in found.items():
+            assert len(words) == 5 and sentences[i][j] not in words and set(words) <= allowed
+        again = contextual_candidates(mlm, tokenizer, sentences, eligible, top_k=5, mask_every=2, pool=pool)
+        assert again == found
+
+
+def test_embedding_neighbours_follow_cosine(tokenizer):
+    vocab = tokenizer.get_vocab()
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(len(vocab), 16, generator=g)
+    emb[vocab["dull"]] = emb[vocab["boring"]] + 0.01 * torch.randn(16, generator=g)
+    assert embedding_neighbours(emb, tokenizer, {"boring"}, top_k=3)["boring"][0] == "dull"
+    pieces = tokenizer("histrionics", add_special_tokens=False)["input_ids"]
+    emb[vocab["drama"]] = emb[pieces].mean(0)  # a multi-piece word: the mean of its pieces
+    assert embedding_neighbours(emb, tokenizer, {"histrionics"}, top_k=3)["histrionics"][0] == "drama"
+
+
+def test_mentions_swap_keeps_tags_aligned():
+    tags = ["B-person", "I-person", "O", "B-loc", "I-person", "O"]
+    assert spans(tags) == [(0, 2, "person"), (3, 4, "loc"), (4, 5, "person")]
+    bank = mention_bank([(["ann", "lee", "went", "to", "rome"], ["B-person", "I-person", "O", "O", "B-loc"]),
+                         (["bob"], ["B-person"])])
+    assert bank == {"person": [("ann", "lee"), ("bob",)], "loc": [("rome",)]}
+    import random
+
+    words, new_tags = swap(["ann", "lee", "flew", "to", "rome"], ["B-person", "I-person", "O", "O", "B-loc"], bank,
+                           1.0, random.Random(0))
+    assert words == ["bob", "flew", "to", "rome"] and new_tags == ["B-person", "O", "O", "B-loc"]
+
+
+def test_hard_loss_skips_teacher_labelled_rows():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    labels = torch.tensor([0, 0, 1])
+    out = ModelOutputs(logits=logits)
+    loss = HardCrossEntropy()
+    with_gold = loss(out, None, {"labels": labels, "gold": torch.tensor([1, 0, 1])})
+    expected = torch.nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]])
+    assert torch.allclose(with_gold, expected)
+    token = loss(ModelOutputs(logits=logits[None]), None,
+                 {"labels": labels[None], "gold": torch.tensor([0]), "attention_mask": torch.ones(1, 3)})
+    assert token.item() == 0.0  # a teacher-labelled token row adds nothing to the hard loss
+
+
+def _settings(**changes):
+    base = dict(n=3, p=0.5, top_k=4, pool=10, mask_every=2, max_length=32, mlm=MLMFit(epochs=1, train_layers=0))
+    return Augment(**{**base, **changes})
+
+
+def test_augment_sequence_rows_are_deterministic_flagged_and_cached(tokenizer, caplog):
+    data = tiny(rows=120)
+    train = data.splits["train"]
+    out = augment(data, tokenizer, _settings(), tiny_mlm)
+    aug = out.splits["train"]
+    assert aug["gold"][:len(train)] == [1] * len(train) and set(aug["gold"][len(train):]) == {0}
+    assert len(train) < len(aug) <= 4 * len(train)
+    assert aug["text"][:len(train)] == train["text"]
+    variants = aug["text"][len(train):]
+    assert len(set(variants)) == len(variants) and not set(variants) & set(train["text"])
+    held_out = set(data.splits["validation"]["text"]) | set(data.splits["test"]["text"])
+    assert not set(variants) & held_out
+    with caplog.at_level(logging.INFO, logger="distill.data.augment"):
+        again = augment(data, tokenizer, _settings(), tiny_mlm)
+    assert again.splits["train"]["text"] == aug["text"] and "cached in" in caplog.text
+    other_seed = augment(data, tokenizer, _settings(seed=1), tiny_mlm).splits["train"]["text"]
+    assert other_seed != aug["text"]
+    control = augment(data, tokenizer, _settings(label="gold"), tiny_mlm).splits["train"]
+    assert set(control["gold"]) == {1} and control["text"] == aug["text"]  # same rows, gold labels
+    assert control["label"] == aug["label"]  # each variant keeps its source row's label
+
+
+def test_augment_token_rows_change_only_o_words_and_swap_mentions(tokenizer):
+    data = tiny(task="token", rows=120)
+    names = data.label_names
+    out = augment(data, tokenizer, _settings(swap_mentions=1.0), tiny_mlm).splits["train"]
+    n = len(data.splits["train"])
+    sources = {" ".join(w): t for w, t in zip(data.splits["train"]["tokens"], data.splits["train"]["tags"])}
+    persons = {" ".join(w[s:e]) for w, t in sources.items()
+               for s, e, k in spans([names[i] for i in t]) if k == "person" for w in [w.split()]}
+    swapped = 0
+    for words, tags in zip(out["tokens"][n:], out["tags"][n:]):
+        assert len(words) == len(tags)
+        named = [names[t] for t in tags]
+        for s, e, kind in spans(named):
+            assert named[s] == f"B-{kind}"
+            if kind == "person":
+                assert " ".join(words[s:e]) in persons  # a mention from the training split
+        swapped += 1
+    assert swapped > 0 and set(out["gold"][n:]) == {0}
+
+
+def test_augment_errors_are_one_line(tokenizer):
+    with pytest.raises(DistillError, match="n=0 must be at least 1"):
+        augment(tiny(rows=40), tokenizer, _settings(n=0), tiny_mlm)
+    raw = TaskData(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b"]})}), [], "raw")
+    with pytest.raises(DistillError, match="sequence or token task"):
+        augment(raw, tokenizer, _settings(), tiny_mlm)
+
+
+def test_masked_lm_head_fit_learns_and_is_reused_from_cache(tokenizer):
+    texts = list(tiny(task="raw", rows=200).splits["train"]["text"])
+    fit = MLMFit(epochs=8, lr=5e-2, batch_size=32, max_length=32, train_layers=0)
+    before = held_out_accuracy(tiny_mlm(), tokenizer, texts[:50], fit)
+    fitted = masked_lm(tiny_mlm(), tokenizer, texts, texts[:50], fit)
+    after = held_out_accuracy(fitted, tokenizer, texts[:50], fit)
+    assert before < 0.01 and after > 0.04, after  # from none to the corpus's frequent words (~1/40 each)
+    cached = masked_lm(tiny_mlm(), tokenizer, texts, texts[:50], fit)
+    assert all(torch.equal(v, fitted.state_dict()[k]) for k, v in cached.state_dict().items())
+
+
+def _cli(*args, env=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+TINY_MLM = ["augment=words", "data.augment.n=2", "data.augment.mlm.model._target_=distill.models.student.random_bert",
+            "data.augment.mlm.epochs=1", "data.augment.top_k=3", "data.augment.pool=5"]
+
+
+def test_users_csv_gets_augmentation_with_no_code(tmp_path):
+    rows = ["review,stars"] + [f"\"{t}\",{'good' if i % 2 else 'bad'}" for i, t in
+                               enumerate(tiny(rows=80).splits["train"]["text"])]
+    (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
+    run = _cli("train", "data=files", f"data.train_file={tmp_path / 'train.csv'}", "data.text_column=review",
+               "data.label_column=stars", "teacher=tiny", "student=tiny", "trainer.max_steps=4", *TINY_MLM,
+               f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "run" / "cli.log").read_text()
+    line = next(ln for ln in log.splitlines() if "augment:" in ln)
+    before, after = (int(x) for x in re.search(r"augment: (\d+) train rows -> (\d+)", line.replace(",", "")).groups())
+    assert before < after <= 3 * before and "of words changed" in line
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 4
+
+
+def test_token_task_cache_rows_are_as_long_as_the_longest_row(tmp_path):
+    run = _cli("train", "teacher=tiny", "student=tiny", "data=tiny", "data.source.task=token", "trainer.max_steps=3",
+               *TINY_MLM, f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    (meta,) = (tmp_path / "run" / "teacher_cache").glob("teacher-*/meta.json")
+    rows, classes = json.loads(meta.read_text())["row_shape"]
+    assert classes == 4 and rows < 32  # data.max_length is 32; tiny token rows are shorter, not 512
+
+
+def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
+    run = _cli("train", "teacher=tiny", "student=tiny", "data=tiny", *TINY_MLM, "data.augment.p=2",
+               f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines()[-1] == "error: data.augment.p=2.0 must be a probability in [0, 1]"
