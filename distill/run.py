@@ -62,6 +62,19 @@ def trainer_config(node: DictConfig) -> TrainerConfig:
     return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
 
 
+def load_data(cfg: DictConfig, seed: int):
+    """The data node's corpus, with its transfer set appended when one is configured."""
+    log.info("Instantiating data <%s>", cfg.data.source._target_)
+    data = hydra.utils.instantiate(cfg.data.source)
+    if cfg.data.get("transfer"):
+        from distill.data.transfer import with_transfer
+
+        log.info("Instantiating transfer set <%s>", cfg.data.transfer.source._target_)
+        data = with_transfer(data, hydra.utils.instantiate(cfg.data.transfer.source),
+                             max_rows=cfg.data.transfer.get("max_rows"), seed=seed)
+    return data
+
+
 def augmented(node: DictConfig, data, tokenizer):
     """``data`` with the ``data.augment`` node's variants appended (type-checked; one process
     generates, the others read its cache)."""
@@ -81,7 +94,7 @@ def augmented(node: DictConfig, data, tokenizer):
     extra = []
     if extra_node is not None:  # more raw text for fitting the masked-LM head only
         source = hydra.utils.instantiate(extra_node)
-        extra = [t for s in source.splits.values() if "text" in s.column_names for t in s["text"]]
+        extra = list(source.splits["train"]["text"])  # its train split only: never held-out text
     log.info("Instantiating augmentation masked-LM <%s>", model_node.get("_target_"))
     with PartialState().main_process_first():
         return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra)
@@ -107,14 +120,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     from accelerate.utils import set_seed
 
     set_seed(tcfg.seed)  # student init (random layers, heads) is part of the experiment
-    log.info("Instantiating data <%s>", cfg.data.source._target_)
-    data = hydra.utils.instantiate(cfg.data.source)
-    if cfg.data.get("transfer"):
-        from distill.data.transfer import with_transfer
-
-        log.info("Instantiating transfer set <%s>", cfg.data.transfer.source._target_)
-        data = with_transfer(data, hydra.utils.instantiate(cfg.data.transfer.source),
-                             max_rows=cfg.data.transfer.get("max_rows"), seed=tcfg.seed)
+    data = load_data(cfg, tcfg.seed)
     teacher, student = build_models(cfg, data)
     check_compatible(teacher, student)
     # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet

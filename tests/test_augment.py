@@ -96,9 +96,12 @@ def test_mentions_swap_keeps_tags_aligned():
     assert bank == {"person": [("ann", "lee"), ("bob",)], "loc": [("rome",)]}
     import random
 
-    words, new_tags = swap(["ann", "lee", "flew", "to", "rome"], ["B-person", "I-person", "O", "O", "B-loc"], bank,
-                           1.0, random.Random(0))
-    assert words == ["bob", "flew", "to", "rome"] and new_tags == ["B-person", "O", "O", "B-loc"]
+    words, new_tags, swapped = swap(["ann", "lee", "flew", "to", "rome"], ["B-person", "I-person", "O", "O", "B-loc"],
+                                    bank, 1.0, random.Random(0))
+    assert words == ["bob", "flew", "to", "rome"] and new_tags == ["B-person", "O", "O", "B-loc"] and swapped == 1
+    # a stray I- tag (IOB1-style) is kept as it is when its mention is not swapped; no B-/I- pair: never swapped
+    kept = swap(["rome", "is"], ["I-loc", "O"], bank, 1.0, random.Random(0), names=frozenset({"O", "I-loc"}))
+    assert kept == (["rome", "is"], ["I-loc", "O"], 0)
 
 
 def test_hard_loss_skips_teacher_labelled_rows():
@@ -161,6 +164,27 @@ def test_augment_token_rows_change_only_o_words_and_swap_mentions(tokenizer):
     assert swapped > 0 and set(out["gold"][n:]) == {0}
 
 
+def test_token_rows_replace_only_words_tagged_o_whatever_its_label_id(tokenizer):
+    data = tiny(task="token", rows=60)
+    order = ["B-loc", "B-person", "I-person", "O"]  # "O" is not label 0
+    remap = [order.index(n) for n in data.label_names]
+    tags = [[remap[t] for t in ts] for ts in data.splits["train"]["tags"]]
+    train = datasets.Dataset.from_dict(
+        {"tokens": data.splits["train"]["tokens"], "tags": tags},
+        features=datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                    "tags": datasets.List(datasets.ClassLabel(names=order))}))
+    shuffled = TaskData(datasets.DatasetDict({**data.splits, "train": train}), order, "token", name="tiny-reordered")
+    out = augment(shuffled, tokenizer, _settings(swap_mentions=0.0, p=1.0), tiny_mlm).splits["train"]
+    n = len(train)
+    entity_words = {w for ws, ts in zip(train["tokens"], train["tags"]) for w, t in zip(ws, ts) if order[t] != "O"}
+    o_words = {w for ws, ts in zip(train["tokens"], train["tags"]) for w, t in zip(ws, ts) if order[t] == "O"}
+    seen_o = set()
+    for words, tags in zip(out["tokens"][n:], out["tags"][n:]):
+        assert {w for w, t in zip(words, tags) if order[t] != "O"} <= entity_words  # entity words never replaced
+        seen_o |= {w for w, t in zip(words, tags) if order[t] == "O"}
+    assert seen_o - o_words  # with p=1 the O words are replaced
+
+
 def test_augment_errors_are_one_line(tokenizer):
     with pytest.raises(DistillError, match="n=0 must be at least 1"):
         augment(tiny(rows=40), tokenizer, _settings(n=0), tiny_mlm)
@@ -220,3 +244,24 @@ def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
                f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
     assert run.returncode == 1
     assert run.stderr.strip().splitlines()[-1] == "error: data.augment.p=2.0 must be a probability in [0, 1]"
+
+
+def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_gold_labels(tmp_path, monkeypatch):
+    from omegaconf import OmegaConf
+
+    from distill.config_check import compose_checked, translate
+    from distill.pipeline import train_stages
+
+    monkeypatch.chdir(ROOT)
+    cfg = compose_checked(translate(["recipe=quickstart", "teacher=tiny", "student=tiny", "data.limit=48",
+                                     "finetune.max_steps=2", *TINY_MLM, "control=true", f"stage_root={tmp_path}"]))
+    dirs = train_stages(cfg)
+    assert sorted(dirs) == ["baseline", "control", "distill", "teacher"]
+    steps = {name: json.loads((dirs[name] / "metrics.json").read_text())["steps"] for name in dirs if name != "teacher"}
+    assert steps["distill"] > 2 and steps["baseline"] == steps["distill"] == steps["control"]
+    baseline, control = (OmegaConf.load(dirs[name] / "stage.yaml") for name in ("baseline", "control"))
+    assert "augment" not in baseline.data or baseline.data.augment is None  # labelled rows only
+    assert baseline.trainer.max_steps == steps["distill"] and control.data.augment.label == "gold"
+    assert set(control.losses) == {"_target_", "hard"} and control.teacher is not None  # no teacher term
+    kd_log = (dirs["distill"] / "metrics.jsonl").read_text()
+    assert "train/logits" in kd_log and "train/hard" in kd_log

@@ -16,7 +16,8 @@ test split are dropped. Variants carry ``gold=0`` (``label: teacher``: the teach
 label them and the hard-label loss skips them) or ``gold=1`` (``label: gold``: the source row's gold
 label — the "more data, no teacher" control). Original rows carry ``gold=1``.
 
-Deterministic: a row's variants depend only on ``seed``, the row and the candidates. The result is
+Deterministic: a row's variants depend only on ``seed``, the row (its index and words) and the
+candidates; the masked-LM head starts from ``mlm.seed``, whatever the trainer's seed. The result is
 written to ``$DISTILL_CACHE/augment/<fingerprint>`` (temp dir + rename) and memory-mapped from there,
 so tokenization and the teacher-logit cache are reused by the next run, seed or recipe.
 """
@@ -33,6 +34,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import datasets
+import torch
 
 from distill.data.contextual import contextual_candidates, single_piece
 from distill.data.corpus import TaskData, _save, cache_dir
@@ -104,8 +106,8 @@ def _rows(data: TaskData) -> list[_Row]:
     train = data.splits["train"]
     if data.task == "token":
         names = data.label_names
-        return [_Row(list(words), [t == 0 and w.isalpha() for w, t in zip(words, tags)], tags=[names[t] for t in tags])
-                for words, tags in zip(train["tokens"], train["tags"])]
+        return [_Row(list(words), [names[t] == "O" and w.isalpha() for w, t in zip(words, tags)],
+                     tags=[names[t] for t in tags]) for words, tags in zip(train["tokens"], train["tags"])]
     rows = []
     for text in train["text"]:
         segments = SEGMENTS.findall(text)
@@ -120,7 +122,8 @@ def _match_case(original: str, new: str) -> str:
     return new.capitalize() if original[:1].isupper() else new
 
 
-def _variant(row: _Row, candidates: list[list[str]], settings: Augment, bank, rng: random.Random):
+def _variant(row: _Row, candidates: list[list[str]], settings: Augment, bank, rng: random.Random,
+             names: frozenset[str] = frozenset()):
     """(words or text, tags or None, share of words changed) of one variant of ``row``."""
     words = [_match_case(w, rng.choice(c)) if c and rng.random() < settings.p else w
              for w, c in zip(row.words, candidates)]
@@ -128,9 +131,8 @@ def _variant(row: _Row, candidates: list[list[str]], settings: Augment, bank, rn
     if row.tags is not None:
         tags = row.tags
         if bank and settings.swap_mentions:
-            swapped, tags = swap(words, row.tags, bank, settings.swap_mentions, rng)
-            changed += sum(a != b for a, b in zip(swapped, words)) + abs(len(swapped) - len(words))
-            words = swapped
+            words, tags, swapped = swap(words, row.tags, bank, settings.swap_mentions, rng, names)
+            changed += swapped
         return words, tags, changed / max(len(row.words), 1)
     it = iter(words)
     out = [s if s.isspace() else next(it) for s in row.segments]
@@ -162,7 +164,9 @@ def _candidates(rows: list[_Row], mlm, tokenizer, settings: Augment) -> list[lis
 
 
 def _fingerprint(data: TaskData, tokenizer, settings: Augment, mlm_key: str, extra: Sequence[str]) -> str:
-    h = hashlib.sha256(json.dumps({"v": VERSION, "settings": asdict(settings), "tokenizer": tokenizer_key(tokenizer),
+    """Everything the rows depend on; not ``label`` (it only sets ``gold``) nor ``batch_size``."""
+    chosen = {k: v for k, v in asdict(settings).items() if k not in ("label", "batch_size")}
+    h = hashlib.sha256(json.dumps({"v": VERSION, "settings": chosen, "tokenizer": tokenizer_key(tokenizer),
                                    "mlm": mlm_key, "task": data.task}, sort_keys=True).encode())
     for split in ("train", "validation", "test"):
         if split in data.splits:
@@ -190,13 +194,12 @@ def _generate(data: TaskData, rows: list[_Row], candidates, settings: Augment) -
     held_out = _held_out(data)
     columns = {name: list(train[name]) for name in train.column_names}
     columns["gold"] = [1] * len(train)
-    gold = int(settings.label == "gold")
     shares = []
     for index, (row, cands) in enumerate(zip(rows, candidates)):
         rng = random.Random(f"{settings.seed}|{index}|{' '.join(row.words)}")
         seen = {normalise(row.text)}
         for _ in range(settings.n):
-            out, tags, share = _variant(row, cands, settings, bank, rng)
+            out, tags, share = _variant(row, cands, settings, bank, rng, frozenset(names))
             key = normalise(" ".join(out) if tags is not None else out)
             if key in seen or key in held_out or not key:
                 continue
@@ -210,8 +213,12 @@ def _generate(data: TaskData, rows: list[_Row], candidates, settings: Augment) -
                 else:
                     value = columns[name][index]
                 columns[name].append(value)
-            columns["gold"].append(gold)
+            columns["gold"].append(0)  # label: gold sets these to 1 after loading (same rows, same cache)
     return columns, sum(shares) / max(len(shares), 1)
+
+
+def _all_gold(batch: dict) -> dict:
+    return {"gold": [1] * len(batch["gold"])}
 
 
 def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[], object],
@@ -225,7 +232,8 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     if "gold" in data.splits["train"].column_names:
         raise DistillError("data.augment is applied once; this train split is already augmented")
     start = time.perf_counter()
-    mlm = mlm_model()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # generation is batched on the accelerator
+    mlm = mlm_model().to(device)
     rows = _rows(data)
     texts = [r.text for r in rows] + list(extra_text)
     held = data.splits.get("validation")
@@ -235,7 +243,8 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     path = cache_dir() / "augment" / f"{data.name or 'data'}-{key}"
     fresh = not (path / "distill.json").is_file()
     if fresh:
-        mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
+        if settings.method == "contextual":  # the neighbours method asks no masked-LM
+            mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
         candidates = _candidates(rows, mlm, tokenizer, settings)
         columns, share = _generate(data, rows, candidates, settings)
         train = data.splits["train"]
@@ -246,6 +255,9 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
         _save(path, datasets.DatasetDict({"train": ds}), meta)
     meta = json.loads((path / "distill.json").read_text())
     train = datasets.load_from_disk(str(path))["train"]
+    if settings.label == "gold":  # the control: the same rows, each with its source row's gold label
+        train = train.map(_all_gold, batched=True, new_fingerprint=hashlib.sha256(
+            f"{train._fingerprint}|gold".encode()).hexdigest()[:16], desc="gold labels")
     log.info("augment: %s train rows -> %s (%d variants asked per row; mean %.1f%% of words changed; labels: %s; %s)",
              f"{meta['rows_before']:,}", f"{meta['rows_after']:,}", settings.n, 100 * meta["changed_share"],
              settings.label, f"generated in {meta['seconds']:.0f} s" if fresh else f"cached in {path}")

@@ -33,20 +33,25 @@ def mention_bank(rows: list[tuple[list[str], list[str]]]) -> dict[str, list[tupl
 
 
 def swap(words: list[str], tags: list[str], bank: dict[str, list[tuple[str, ...]]], p: float,
-         rng: random.Random) -> tuple[list[str], list[str]]:
-    """Each mention, with probability ``p``, becomes another mention of its type from ``bank``."""
-    out_words, out_tags, last = [], [], 0
+         rng: random.Random, names: frozenset[str] = frozenset()) -> tuple[list[str], list[str], int]:
+    """Each mention, with probability ``p``, becomes another mention of its type from ``bank``; returns
+    (words, tags, words swapped in). Unswapped mentions keep their own tags; a type whose ``B-X`` /
+    ``I-X`` tags are not all in ``names`` (when given) is never swapped."""
+    out_words, out_tags, last, swapped = [], [], 0, 0
     for start, end, kind in spans(tags):
         out_words += words[last:start]
         out_tags += tags[last:start]
-        mention = tuple(words[start:end])
+        mention, mention_tags = tuple(words[start:end]), tags[start:end]
         others = bank.get(kind, [])
-        if others and rng.random() < p:
+        taggable = not names or {f"B-{kind}", f"I-{kind}"} <= names
+        if others and taggable and rng.random() < p:
             pick = others[rng.randrange(len(others))]
             if pick == mention and len(others) > 1:
                 pick = others[(others.index(pick) + 1) % len(others)]
-            mention = pick
+            if pick != mention:
+                mention, mention_tags = pick, [f"B-{kind}"] + [f"I-{kind}"] * (len(pick) - 1)
+                swapped += len(pick)
         out_words += list(mention)
-        out_tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(mention) - 1)
+        out_tags += list(mention_tags)
         last = end
-    return out_words + words[last:], out_tags + tags[last:]
+    return out_words + words[last:], out_tags + tags[last:], swapped

@@ -33,7 +33,7 @@ from distill.errors import DistillError
 from distill.models.heads import BertForMaskedLM
 
 log = logging.getLogger(__name__)
-VERSION = 1  # bump when the fitting below changes, so old heads are not reused
+VERSION = 2  # bump when the fitting below changes, so old heads are not reused
 
 
 @dataclass
@@ -104,8 +104,23 @@ def held_out_accuracy(model: BertForMaskedLM, tokenizer, texts: list[str], fit: 
     return correct / max(total, 1)
 
 
+def reset_head(model: BertForMaskedLM, seed: int) -> None:
+    """The head's transform and bias drawn afresh from ``seed`` (HF's init), whatever the global RNG
+    holds: the fitted head, and so every variant, is then the same on every machine and trainer seed.
+    The decoder is tied to the word embeddings and stays as it is."""
+    head = model.cls.predictions
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        torch.nn.init.normal_(head.transform.dense.weight, 0.0, model.config.initializer_range)
+        torch.nn.init.zeros_(head.transform.dense.bias)
+        torch.nn.init.ones_(head.transform.LayerNorm.weight)
+        torch.nn.init.zeros_(head.transform.LayerNorm.bias)
+        torch.nn.init.zeros_(head.bias)
+
+
 def fit_head(model: BertForMaskedLM, tokenizer, texts: list[str], fit: MLMFit) -> None:
-    """Train the head (and ``train_layers`` top layers) in place with BERT's masking on ``texts``."""
+    """Train a fresh head (and ``train_layers`` top layers) in place with BERT's masking on ``texts``."""
+    reset_head(model, fit.seed)
     params = _trained(model, fit.train_layers)
     for name, p in model.named_parameters():
         p.requires_grad_(name in params)
@@ -135,6 +150,9 @@ def masked_lm(model: BertForMaskedLM, tokenizer, texts: list[str], held_out: lis
     ``key``: ``fingerprint(model, tokenizer, texts, fit)`` when the caller has it already."""
     if not isinstance(model, BertForMaskedLM):
         raise DistillError(f"augment.mlm.model must build a masked-LM model (task='mlm'), not {type(model).__name__}")
+    if model.config.vocab_size != len(tokenizer):
+        raise DistillError(f"augment.mlm.model has a vocabulary of {model.config.vocab_size} tokens but the teacher's "
+                           f"tokenizer {len(tokenizer)}; give a masked-LM with the teacher's vocabulary")
     if fit.epochs == 0:
         log.info("masked-LM: the checkpoint's own head (mlm.epochs=0)")
         return model.eval().requires_grad_(False)

@@ -41,13 +41,17 @@ class HardCrossEntropy(DistillLoss):
                 "this term's weight to 0"
             )
         labels = labels.to(logits.device)
+        gold = batch.get("gold")
+        gold = None if gold is None else gold.to(logits.device).bool()  # (B,)
         if labels.is_floating_point():
             if logits.shape[-1] != 1 or logits.dim() != 2:
                 raise DistillError(
                     f"float labels mean regression, but the logits are {tuple(logits.shape)}; set num_labels=1 "
                     f"for regression or give integer class labels"
                 )
-            return F.mse_loss(logits.squeeze(-1), labels.float())
+            if gold is not None:
+                logits, labels = logits[gold], labels[gold]
+            return F.mse_loss(logits.squeeze(-1), labels.float()) if labels.numel() else logits.sum() * 0
         if labels.shape != logits.shape[:-1]:
             raise DistillError(
                 f"labels {tuple(labels.shape)} do not fit logits {tuple(logits.shape)}; sequence tasks need "
@@ -56,9 +60,7 @@ class HardCrossEntropy(DistillLoss):
         keep = labels != IGNORE_INDEX  # (B,) or (B, T)
         if logits.dim() == 3:
             keep = keep & real_tokens(student, batch, logits)
-        gold = batch.get("gold")
         if gold is not None:
-            gold = gold.to(keep.device).bool()  # (B,)
             keep = keep & (gold[:, None] if keep.dim() == 2 else gold)
         rows, targets = logits[keep], labels[keep]  # (N, C), (N,)
         self._check_range(targets, logits.shape[-1])
