@@ -16,6 +16,7 @@ compared after vocabulary trimming to the training split's tokens, as ``distill 
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 import sys
 from pathlib import Path
@@ -30,6 +31,8 @@ from distill.pipeline import CONTROL, kd_steps, train_stages, train_texts
 
 
 def main(argv: list[str]) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("distill").setLevel(logging.INFO)  # what each stage builds (data, augmentation, cache)
     seeds, trim = [0, 1, 2], False
     args = []
     for arg in argv:

@@ -159,8 +159,13 @@ def _candidates(rows: list[_Row], mlm, tokenizer, settings: Augment) -> list[lis
         asked = [{} for _ in rows]
     rest = {w for r, a in zip(rows, asked) for j, (w, ok) in enumerate(zip(r.words, r.eligible)) if ok and j not in a}
     near = embedding_neighbours(mlm.bert.embeddings.word_embeddings.weight, tokenizer, rest, settings.top_k)
-    return [[found.get((i, j)) or (near.get(w, []) if ok and j not in asked[i] else []) if ok else []
-             for j, (w, ok) in enumerate(zip(r.words, r.eligible))] for i, r in enumerate(rows)]
+
+    def pick(i: int, j: int, word: str, ok: bool) -> list[str]:
+        if not ok:
+            return []
+        return found.get((i, j), []) if j in asked[i] else near.get(word, [])
+
+    return [[pick(i, j, w, ok) for j, (w, ok) in enumerate(zip(r.words, r.eligible))] for i, r in enumerate(rows)]
 
 
 def _fingerprint(data: TaskData, tokenizer, settings: Augment, mlm_key: str, extra: Sequence[str]) -> str:
