@@ -24,6 +24,7 @@ from distill.losses.hard import HardCrossEntropy
 from distill.models.hub import load_tokenizer, minilm_l6_path
 from distill.models.student import random_bert
 from distill.outputs import ModelOutputs
+from distill.pipeline import CONTROL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -246,22 +247,25 @@ def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == "error: data.augment.p=2.0 must be a probability in [0, 1]"
 
 
-def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_gold_labels(tmp_path, monkeypatch):
+def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_gold_labels(tmp_path):
+    """`distill pipeline recipe=quickstart` (the README's command, tiny models) with the control row."""
     from omegaconf import OmegaConf
 
-    from distill.config_check import compose_checked, translate
-    from distill.pipeline import train_stages
-
-    monkeypatch.chdir(ROOT)
-    cfg = compose_checked(translate(["recipe=quickstart", "teacher=tiny", "student=tiny", "data.limit=48",
-                                     "finetune.max_steps=2", *TINY_MLM, "control=true", f"stage_root={tmp_path}"]))
-    dirs = train_stages(cfg)
+    run = _cli("pipeline", "recipe=quickstart", "teacher=tiny", "student=tiny", "data.limit=48", "finetune.max_steps=2",
+               *TINY_MLM, "control=true", f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
+               f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
     assert sorted(dirs) == ["baseline", "control", "distill", "teacher"]
     steps = {name: json.loads((dirs[name] / "metrics.json").read_text())["steps"] for name in dirs if name != "teacher"}
     assert steps["distill"] > 2 and steps["baseline"] == steps["distill"] == steps["control"]
     baseline, control = (OmegaConf.load(dirs[name] / "stage.yaml") for name in ("baseline", "control"))
     assert "augment" not in baseline.data or baseline.data.augment is None  # labelled rows only
     assert baseline.trainer.max_steps == steps["distill"] and control.data.augment.label == "gold"
-    assert set(control.losses) == {"_target_", "hard"} and control.teacher is not None  # no teacher term
+    assert set(control.losses) == {"_target_", "hard"}  # no teacher term
     kd_log = (dirs["distill"] / "metrics.jsonl").read_text()
     assert "train/logits" in kd_log and "train/hard" in kd_log
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
+    assert "vs_student (no KD)" in report["models"][CONTROL]["mcnemar"]
+    assert CONTROL in run.stdout  # the printed table has the control row
