@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -24,7 +25,15 @@ import torch
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
     rows, n = int(opts.get("rows", 1000)), int(opts.get("n", 8))
-    os.environ["DISTILL_CACHE"] = tempfile.mkdtemp(prefix="augment-cost-")  # nothing reused
+    cache = tempfile.mkdtemp(prefix="augment-cost-")
+    os.environ["DISTILL_CACHE"] = cache  # nothing reused
+    try:
+        measure(rows, n)
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def measure(rows: int, n: int) -> None:
     from distill.data.augment import Augment, augment
     from distill.data.collate import Collator, make_dataloader
     from distill.data.mlm_head import masked_lm
