@@ -64,6 +64,19 @@ class TrainerConfig:
     wandb_mode: str = "offline"
 
 
+def flat_scalars(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
+    """A nested config as ``{"trainer.lr": 1e-4, ...}``: what tensorboard's hparams and wandb accept
+    (lists become their string form, None the string "None")."""
+    out = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flat_scalars(value, f"{name}."))
+        else:
+            out[name] = value if isinstance(value, int | float | str | bool) else str(value)
+    return out
+
+
 def flags(needs: frozenset[str], map_layers: frozenset[int] | None = None) -> dict:
     """What a model must return for losses that read ``needs`` (none → the SDPA fast path);
     ``map_layers`` (1-based) limits the attention maps to the layers the losses read."""
@@ -153,8 +166,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
         shape = (c,) if task == "sequence" else (max(lengths(train_loader.dataset)), c)
         with accelerator.main_process_first():
             cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
-    if accelerator.is_main_process and cfg.log_with:
-        accelerator.init_trackers(cfg.project, config=run_config or asdict(cfg),
+    if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
+        accelerator.init_trackers(cfg.project, config=flat_scalars(run_config or asdict(cfg)),
                                   init_kwargs={"wandb": {"mode": cfg.wandb_mode, "dir": str(out)}})
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "best_step": None,
              "bad_evals": 0, "nonfinite": 0, "teacher_calls": 0}
