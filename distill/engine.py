@@ -155,6 +155,9 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     module, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         module, optimizer, train_loader, eval_loader, scheduler)
     plain = accelerator.unwrap_model(module)
+    log.info("device %s, %d process(es), mixed precision %s, batch %d per device, %d global x %d accumulation",
+             accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+             train_loader.total_batch_size // accelerator.num_processes, train_loader.total_batch_size, cfg.grad_accum)
     if teacher is not None:  # outside prepare: never wrapped by DDP, never in the optimizer
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     map_layers = getattr(plain.loss, "teacher_map_layers", None)  # optional in a hand-made loss module

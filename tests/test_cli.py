@@ -57,6 +57,8 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     for path in (".hydra/config.yaml", "student/config.json", "student/model.safetensors", "student/tokenizer.json",
                  "training_curves.png", "metrics.jsonl", "cli.log"):
         assert (tmp_path / path).is_file(), path
+    log = (tmp_path / "cli.log").read_text()
+    assert "device cpu, 1 process(es), mixed precision no, batch 32 per device, 32 global x 1 accumulation" in log
     # 2 batches per epoch: epoch-end checkpoints at steps 2 and 4, the final one at 5; keep_last=2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004", "step_00000005"]
     from distill.models.hub import from_pretrained
