@@ -21,7 +21,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import get_scheduler
+from transformers import SchedulerType, get_scheduler
 
 from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
@@ -62,6 +62,34 @@ class TrainerConfig:
     log_with: str | None = None  # wandb | tensorboard | None
     project: str = "distill"
     wandb_mode: str = "offline"
+
+    def __post_init__(self) -> None:
+        """Impossible settings stop here, with the key to change, before anything is built."""
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise DistillError(f"trainer.{name}={value!r} must be a finite number")
+            return value
+
+        checks = [
+            (self.max_steps is not None or number("epochs") > 0, f"trainer.epochs={self.epochs} must be > 0"),
+            (self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
+             f"trainer.max_steps={self.max_steps!r} must be a positive number of steps (or null for epochs)"),
+            (number("lr") >= 0, f"trainer.lr={self.lr} must be >= 0"),
+            (0 <= number("warmup_ratio") <= 1, f"trainer.warmup_ratio={self.warmup_ratio} must be in [0, 1]"),
+            (number("weight_decay") >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0"),
+            (isinstance(self.grad_accum, int) and self.grad_accum >= 1,
+             f"trainer.grad_accum={self.grad_accum!r} must be a positive integer"),
+            (self.mixed_precision in ("no", "bf16", "fp16"),
+             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16 or fp16"),
+            (self.scheduler in {t.value for t in SchedulerType},
+             f"trainer.scheduler={self.scheduler!r}: use one of {', '.join(t.value for t in SchedulerType)}"),
+            (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
+             f"trainer.max_nonfinite={self.max_nonfinite!r} must be a positive integer"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DistillError(message)
 
 
 def flat_scalars(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:

@@ -158,3 +158,24 @@ def test_finetuning_without_teacher_learns_the_task(tmp_path):
                    val_loader, tmp_path, "sequence", "ab")
     assert result["teacher_calls"] == 0
     assert result["best"] >= 0.8  # chance is 0.5
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"grad_accum": 0}, "trainer.grad_accum=0 must be a positive integer"),
+    ({"lr": -1}, "trainer.lr=-1 must be >= 0"),
+    ({"lr": "abc"}, "trainer.lr='abc' must be a finite number"),
+    ({"scheduler": "bogus"}, "trainer.scheduler='bogus': use one of linear, cosine"),
+    ({"warmup_ratio": 2}, "trainer.warmup_ratio=2 must be in [0, 1]"),
+    ({"max_steps": -1}, "trainer.max_steps=-1 must be a positive number of steps"),
+    ({"max_steps": -5}, "trainer.max_steps=-5 must be a positive number of steps"),
+    ({"epochs": 0}, "trainer.epochs=0 must be > 0"),
+    ({"mixed_precision": "fp8"}, "trainer.mixed_precision='fp8': use no, bf16 or fp16"),
+])
+def test_impossible_trainer_settings_stop_with_one_line(changes, message):
+    from distill.engine import TrainerConfig
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError) as err:
+        TrainerConfig(**changes)
+    assert str(err.value).startswith(message)
+    TrainerConfig(epochs=0.5, lr=0, max_steps=None)  # fractional epochs and a frozen run are fine
