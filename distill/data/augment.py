@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 import datasets
 import torch
 
-from distill.data.contextual import contextual_candidates, single_piece
+from distill.data.contextual import contextual_candidates
 from distill.data.corpus import TaskData, _save, cache_dir
 from distill.data.mentions import mention_bank, swap
 from distill.data.mlm_head import MLMFit, masked_lm
@@ -150,20 +150,18 @@ def _candidates(rows: list[_Row], mlm, tokenizer, settings: Augment) -> list[lis
     """Per row, per word: its replacement candidates (empty: the word stays)."""
     sentences = [r.words for r in rows]
     eligible = [r.eligible for r in rows]
-    found: dict[tuple[int, int], list[str]] = {}
+    found: dict[tuple[int, int], list[str]] = {}  # every eligible single-token word, when contextual
     if settings.method == "contextual":
         found = contextual_candidates(mlm, tokenizer, sentences, eligible, settings.top_k, settings.mask_every,
                                       settings.batch_size, settings.max_length, settings.pool)
-        _, asked = single_piece(tokenizer, sentences, settings.max_length)
-    else:
-        asked = [{} for _ in rows]
-    rest = {w for r, a in zip(rows, asked) for j, (w, ok) in enumerate(zip(r.words, r.eligible)) if ok and j not in a}
+    rest = {w for i, r in enumerate(rows) for j, (w, ok) in enumerate(zip(r.words, r.eligible))
+            if ok and (i, j) not in found}
     near = embedding_neighbours(mlm.bert.embeddings.word_embeddings.weight, tokenizer, rest, settings.top_k)
 
     def pick(i: int, j: int, word: str, ok: bool) -> list[str]:
         if not ok:
             return []
-        return found.get((i, j), []) if j in asked[i] else near.get(word, [])
+        return found[(i, j)] if (i, j) in found else near.get(word, [])
 
     return [[pick(i, j, w, ok) for j, (w, ok) in enumerate(zip(r.words, r.eligible))] for i, r in enumerate(rows)]
 
