@@ -55,10 +55,27 @@ def _hydra_app(task):
     app()
 
 
+def _rank_overrides() -> list[str]:
+    """Processes other than rank 0 of a multi-process launch share rank 0's run dir: they leave its
+    ``.hydra/`` record and its log file to rank 0 and print warnings only."""
+    from distill import launch
+
+    launch.register_resolvers()
+    if launch.single_cpu_process_of_several():
+        log.warning("accelerate launch --cpu starts ONE process (several only through --mpirun_hostfile); for N "
+                    "processes on CPU use accelerate launch --multi_gpu --num_processes N (or torchrun)")
+    if launch.rank() == 0:
+        return []
+    return ["hydra.output_subdir=null", "~hydra.job_logging.handlers.file", "hydra.job_logging.root.handlers=[console]",
+            "hydra.job_logging.root.level=WARNING"]
+
+
 def _train(cfg, out_dir):
     from distill.run import run_training
 
     metrics = run_training(cfg, out_dir)
+    if not metrics:  # not rank 0 of a multi-process launch: rank 0 reports
+        return
     print(json.dumps({k: metrics[k] for k in ("student", "teacher") if k in metrics}))
     print(f"run dir: {out_dir}")
 
@@ -68,6 +85,8 @@ def _pipeline(cfg, out_dir):
     from distill.report import table as markdown_table
 
     result = run_pipeline(cfg, out_dir)
+    if not result:  # not rank 0 of a multi-process launch: rank 0 reports
+        return
     print(markdown_table(result["report"]))
     for line in result["exports"]:
         from distill.export import summary_line
@@ -199,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = translate(rest)
             compose_checked(overrides)  # every config mistake → one line, before Hydra starts
-            sys.argv = [f"distill {command}", *overrides]
+            sys.argv = [f"distill {command}", *overrides, *_rank_overrides()]
             _hydra_app(_train if command == "train" else _pipeline)
         elif command == "compare":
             compare_cmd(rest)

@@ -12,13 +12,14 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import SchedulerType, get_scheduler
@@ -27,6 +28,7 @@ from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
 from distill.evaluate import Predictions, main_metric, metrics
+from distill.launch import cpu_only
 from distill.outputs import ModelOutputs
 from distill.teacher_cache import TeacherCache
 
@@ -44,9 +46,9 @@ class TrainerConfig:
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     scheduler: str = "linear"  # any transformers.get_scheduler name
-    grad_accum: int = 1
+    grad_accum: int | None = None  # None: the launcher's (accelerate launch --gradient_accumulation_steps), else 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"  # no | bf16 | fp16
+    mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's (accelerate launch / config)
     seed: int = 0
     split_batches: bool = False  # True: the loader's batch is the global batch, split over processes
     eval_every: int | None = None  # steps; None = at the end of every epoch
@@ -62,6 +64,8 @@ class TrainerConfig:
     log_with: str | None = None  # wandb | tensorboard | None
     project: str = "distill"
     wandb_mode: str = "offline"
+    run_name: str | None = None  # the tracker's run name (wandb); None: the run dir's name
+    tags: list[str] = field(default_factory=list)  # wandb tags
 
     def __post_init__(self) -> None:
         """Impossible settings stop here, with the key to change, before anything is built."""
@@ -78,10 +82,10 @@ class TrainerConfig:
             (number("lr") >= 0, f"trainer.lr={self.lr} must be >= 0"),
             (0 <= number("warmup_ratio") <= 1, f"trainer.warmup_ratio={self.warmup_ratio} must be in [0, 1]"),
             (number("weight_decay") >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0"),
-            (isinstance(self.grad_accum, int) and self.grad_accum >= 1,
-             f"trainer.grad_accum={self.grad_accum!r} must be a positive integer"),
-            (self.mixed_precision in ("no", "bf16", "fp16"),
-             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16 or fp16"),
+            (self.grad_accum is None or (isinstance(self.grad_accum, int) and self.grad_accum >= 1),
+             f"trainer.grad_accum={self.grad_accum!r} must be a positive integer (or null: the launcher's)"),
+            (self.mixed_precision in (None, "no", "bf16", "fp16"),
+             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16, fp16 or null (the launcher's)"),
             (self.scheduler in {t.value for t in SchedulerType},
              f"trainer.scheduler={self.scheduler!r}: use one of {', '.join(t.value for t in SchedulerType)}"),
             (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
@@ -111,6 +115,20 @@ def flags(needs: frozenset[str], map_layers: frozenset[int] | None = None) -> di
     maps = "attentions" in needs and (map_layers if map_layers is not None else True)
     return {"output_hidden_states": "hidden_states" in needs, "output_attentions": maps,
             "output_qkv": "qkv" in needs}
+
+
+def make_accelerator(cfg: TrainerConfig, out: Path, find_unused: bool) -> Accelerator:
+    """Mixed precision and accumulation from the launcher (``accelerate launch`` flags, ``accelerate
+    config``, env) unless the trainer config sets them; CPU processes of one launch train together."""
+    # a plugin, not gradient_accumulation_steps=: accelerate lets its env var override that argument
+    accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum) if cfg.grad_accum is not None else None
+    return Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=accumulation, cpu=cpu_only(),
+        log_with=cfg.log_with, project_dir=str(out),
+        dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
+                                                  data_seed=cfg.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+    )
 
 
 class StudentWithLoss(nn.Module):
@@ -153,17 +171,14 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, labe
 
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
           task: str, label_names=(), teacher: nn.Module | None = None, cache_key: str | None = None,
-          run_config: dict | None = None) -> dict:
-    """Train ``student`` on ``loss`` (distillation when ``teacher`` is given). Returns a summary."""
+          run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None) -> dict:
+    """Train ``student`` on ``loss`` (distillation when ``teacher`` is given). Returns a summary.
+
+    ``final_metrics(student)`` (main process only), called on the kept weights at the end: its flat
+    scalars go to the trackers under ``test/`` and the dict into the summary as ``final``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.grad_accum, mixed_precision=cfg.mixed_precision,
-        log_with=cfg.log_with, project_dir=str(out),
-        dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
-                                                  data_seed=cfg.seed),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=any(True for _ in loss.parameters()))],
-    )
+    accelerator = make_accelerator(cfg, out, find_unused=any(True for _ in loss.parameters()))
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
@@ -175,17 +190,18 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     # otherwise goes to updating the word embeddings
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
-    per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes if not cfg.split_batches else 1)
-                          / cfg.grad_accum)
+    accum = accelerator.gradient_accumulation_steps
+    per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes if not cfg.split_batches else 1) / accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
     scheduler = get_scheduler(cfg.scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total),
                               num_training_steps=total)
     module, optimizer, train_loader, eval_loader, scheduler = accelerator.prepare(
         module, optimizer, train_loader, eval_loader, scheduler)
     plain = accelerator.unwrap_model(module)
-    log.info("device %s, %d process(es), mixed precision %s, batch %d per device, %d global x %d accumulation",
-             accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
-             train_loader.total_batch_size // accelerator.num_processes, train_loader.total_batch_size, cfg.grad_accum)
+    log.info("device %s, %d process(es), mixed precision %s, batch %d per device, %d global x %d accumulation "
+             "(distributed: %s)", accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+             train_loader.total_batch_size // accelerator.num_processes, train_loader.total_batch_size, accum,
+             accelerator.distributed_type.value)
     if teacher is not None:  # outside prepare: never wrapped by DDP, never in the optimizer
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
     map_layers = getattr(plain.loss, "teacher_map_layers", None)  # optional in a hand-made loss module
@@ -198,8 +214,9 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
         with accelerator.main_process_first():
             cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
+        wandb = {"mode": cfg.wandb_mode, "dir": str(out), "name": cfg.run_name or out.name, "tags": list(cfg.tags)}
         accelerator.init_trackers(cfg.project, config=flat_scalars(run_config or asdict(cfg)),
-                                  init_kwargs={"wandb": {"mode": cfg.wandb_mode, "dir": str(out)}})
+                                  init_kwargs={"wandb": wandb})
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "best_step": None,
              "bad_evals": 0, "nonfinite": 0, "teacher_calls": 0}
     state.update(resume(accelerator, out, cfg.resume) or {})
@@ -320,7 +337,11 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     if cfg.load_best_at_end and (out / "best").is_dir():
         from distill.models.hub import load_state_dict, load_weights
         load_weights(plain.student, load_state_dict(out / "best"), str(out / "best"))
+    final = final_metrics(plain.student) if final_metrics is not None and accelerator.is_main_process else None
+    if final:
+        accelerator.log({f"test/{k}": v for k, v in flat_scalars(final).items() if isinstance(v, int | float)},
+                        step=state["global_step"])
     accelerator.end_training()
-    return {"steps": state["global_step"], "best": state["best"], "best_step": state["best_step"],
+    return {"final": final, "steps": state["global_step"], "best": state["best"], "best_step": state["best_step"],
             "nonfinite": state["nonfinite"], "teacher_calls": state["teacher_calls"],
             "num_processes": accelerator.num_processes, "history": history, "student": plain.student}

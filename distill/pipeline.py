@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from distill import launch
 from distill.errors import DistillError
 from distill.run import run_training
 
@@ -41,8 +42,11 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
         return out
     log.info("stage %s: running in %s", name, out)
     out.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(OmegaConf.create(resolved), out / "stage.yaml")  # what this stage ran, for the record
+    state = launch.state()
+    if state.is_main_process:
+        OmegaConf.save(OmegaConf.create(resolved), out / "stage.yaml")  # what this stage ran, for the record
     run_training(cfg, out)
+    state.wait_for_everyone()  # rank 0 writes metrics.json, which the next stage reads
     return out
 
 
@@ -118,6 +122,8 @@ def train_texts(data) -> list[str]:
 def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     out = Path(out_dir)
     dirs = train_stages(cfg)
+    if not launch.state().is_main_process:  # every process trained each stage; rank 0 compares and exports
+        return {}
     teacher_dir, kd_dir, base_dir = dirs["teacher"], dirs["distill"], dirs["baseline"]
     (out / "pipeline.json").write_text(json.dumps({name: str(d) for name, d in dirs.items()}, indent=1))
 

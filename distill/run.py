@@ -14,6 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from distill import launch
 from distill.data.collate import Collator, make_dataloader
 from distill.data.tokenize import summarize, tokenize
 from distill.engine import TrainerConfig, train
@@ -78,8 +79,6 @@ def load_data(cfg: DictConfig, seed: int):
 def augmented(node: DictConfig, data, tokenizer):
     """``data`` with the ``data.augment`` node's variants appended (type-checked; one process
     generates, the others read its cache)."""
-    from accelerate import PartialState
-
     from distill.data.augment import Augment, augment
 
     values = OmegaConf.to_container(node, resolve=True)
@@ -96,7 +95,7 @@ def augmented(node: DictConfig, data, tokenizer):
         source = hydra.utils.instantiate(extra_node)
         extra = list(source.splits["train"]["text"])  # its train split only: never held-out text
     log.info("Instantiating augmentation masked-LM <%s>", model_node.get("_target_"))
-    with PartialState().main_process_first():
+    with launch.state().main_process_first():
         return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra)
 
 
@@ -147,23 +146,23 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= {"logits"}:
         from distill.teacher_cache import fingerprint
         cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
+    def test_metrics(trained) -> dict:  # the test split, for metrics.json and the trackers' test/ keys
+        if "test" not in tokenized or data.task == "raw":
+            return {}
+        models = {"student": trained, "teacher": teacher}
+        return {name: task_metrics(predict(torch_forward(m), tokenized["test"], data.task), data.label_names)
+                for name, m in models.items() if m is not None}
+
     result = train(tcfg, student, loss, train_loader, eval_loader, str(out), data.task, data.label_names,
                    teacher=engine_teacher, cache_key=cache_key,
-                   run_config=OmegaConf.to_container(cfg, resolve=True))
-    from accelerate import PartialState
-
-    if not PartialState().is_main_process:  # every process trained; one writes the results
+                   run_config=OmegaConf.to_container(cfg, resolve=True), final_metrics=test_metrics)
+    if not launch.state().is_main_process:  # every process trained; one writes the results
         return {}
     save_pretrained(result["student"], out / "student", tokenizer)
     summary = {"steps": result["steps"], "best_validation": result["best"], "nonfinite": result["nonfinite"],
-               "student_params": count_parameters(result["student"])}
-    if "test" in tokenized and data.task != "raw":
-        summary["student"] = task_metrics(predict(torch_forward(result["student"]), tokenized["test"], data.task),
-                                          data.label_names)
-        if teacher is not None:
-            summary["teacher"] = task_metrics(predict(torch_forward(teacher), tokenized["test"], data.task),
-                                              data.label_names)
-            summary["teacher_params"] = count_parameters(teacher)
+               "student_params": count_parameters(result["student"]), **result["final"]}
+    if teacher is not None and "teacher" in summary:
+        summary["teacher_params"] = count_parameters(teacher)
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     _plot_curves(out)
     log.info("metrics: %s", json.dumps({k: v for k, v in summary.items() if k in ("student", "teacher")}))
