@@ -150,3 +150,13 @@ def test_impossible_trainer_settings_stop_with_one_line(changes, message):
         TrainerConfig(**changes)
     assert str(err.value).startswith(message)
     TrainerConfig(epochs=0.5, lr=0, max_steps=None)  # fractional epochs and a frozen run are fine
+
+
+@pytest.mark.parametrize(("grad_accum", "steps"), [(None, 3), (1, 6)])
+def test_launcher_accumulation_applies_unless_the_config_sets_it(tmp_path, monkeypatch, grad_accum, steps):
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")  # what accelerate launch / config sets
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()  # 6 batches
+    result = train(H.config(epochs=1, grad_accum=grad_accum), student, H.KDTestLoss(), train_loader, val_loader,
+                   tmp_path, "sequence", "ab", teacher=teacher)
+    assert result["steps"] == steps
