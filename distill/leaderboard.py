@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def leaderboard_rows(sweep_dir: Path) -> list[dict]:
-    """One row per finished job: its overrides and its student's test metrics."""
+    """One row per finished job: its overrides, its best validation score (the ranking: choosing
+    settings on the test split would select them on test data) and its student's test metrics beside."""
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         metrics_file = job / "metrics.json"
@@ -23,12 +24,12 @@ def leaderboard_rows(sweep_dir: Path) -> list[dict]:
         metrics = json.loads(metrics_file.read_text())
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-        student = metrics.get("student", {})
-        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("+recipes="))}
-        row.update({k: round(v, 4) for k, v in student.items()})
+        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("+recipes=")),
+               "validation": metrics.get("best_validation")}
+        row.update({f"test_{k}": round(v, 4) for k, v in metrics.get("student", {}).items()})
         rows.append(row)
-    key = next((k for k in ("accuracy", "entity_f1") if rows and k in rows[0]), None)
-    return sorted(rows, key=lambda r: -r.get(key, 0.0)) if key else rows
+    unranked = float("-inf")  # a job without a validation split goes last, not first
+    return sorted(rows, key=lambda r: -(r["validation"] if r["validation"] is not None else unranked))
 
 
 class Leaderboard(Callback):

@@ -73,7 +73,7 @@ def test_sweep_ends_with_a_leaderboard(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     assert "losses.logits.temperature=1" in board and "losses.logits.temperature=4" in board
     rows = (tmp_path / "leaderboard.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("run,overrides,accuracy") and len(rows) == 3
+    assert rows[0].startswith("run,overrides,validation,test_accuracy") and len(rows) == 3
 
 
 def test_pipeline_reuses_finished_stages(tmp_path):
@@ -201,3 +201,15 @@ def test_bf16_mixed_precision_and_token_task_run(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics["student"]) == {"entity_f1", "token_accuracy"} and metrics["nonfinite"] == 0
     assert "eval/entity_f1" in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_leaderboard_ranks_by_validation_and_shows_test_beside(tmp_path):
+    from distill.leaderboard import leaderboard_rows
+
+    for job, validation, test in (("0", 0.70, 0.90), ("1", 0.80, 0.60), ("2", None, 0.99)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "metrics.json").write_text(json.dumps(
+            {"best_validation": validation, "student": {"accuracy": test}}))
+    rows = leaderboard_rows(tmp_path)
+    assert [(r["run"], r["validation"], r["test_accuracy"]) for r in rows] == \
+        [("1", 0.80, 0.60), ("0", 0.70, 0.90), ("2", None, 0.99)]
