@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -115,6 +116,18 @@ def flags(needs: frozenset[str], map_layers: frozenset[int] | None = None) -> di
     maps = "attentions" in needs and (map_layers if map_layers is not None else True)
     return {"output_hidden_states": "hidden_states" in needs, "output_attentions": maps,
             "output_qkv": "qkv" in needs}
+
+
+def trim_log(log_file: Path, step: int) -> None:
+    """Drop the rows a resumed run will log again: those after the checkpoint it resumes from."""
+    if not log_file.is_file():
+        return
+    lines = log_file.read_text().splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    if len(keep) != len(lines):
+        tmp = log_file.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, log_file)
 
 
 def make_accelerator(cfg: TrainerConfig, out: Path, find_unused: bool) -> Accelerator:
@@ -222,6 +235,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     state.update(resume(accelerator, out, cfg.resume) or {})
     history, in_a_row, stop = [], 0, False
     log_file = out / "metrics.jsonl"
+    if accelerator.is_main_process:
+        trim_log(log_file, state["global_step"])
 
     def teacher_outputs(batch):
         if not plain.loss.uses_teacher:

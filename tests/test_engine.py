@@ -1,5 +1,6 @@
 """The loop: exact resume after SIGKILL, atomic checkpoints, teacher cache, NaNs (launches: test_launch.py)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -160,3 +161,22 @@ def test_launcher_accumulation_applies_unless_the_config_sets_it(tmp_path, monke
     result = train(H.config(epochs=1, grad_accum=grad_accum), student, H.KDTestLoss(), train_loader, val_loader,
                    tmp_path, "sequence", "ab", teacher=teacher)
     assert result["steps"] == steps
+
+
+def test_resumed_run_logs_each_step_once(tmp_path):
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    train(H.config(epochs=2), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence", "ab",
+          teacher=teacher)
+    first = (tmp_path / "metrics.jsonl").read_text()
+    import shutil
+
+    shutil.rmtree(distill.checkpoint.checkpoints(tmp_path)[-1])  # as if killed before the last checkpoint
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    train(H.config(epochs=2), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence", "ab",
+          teacher=teacher)  # resumes at step 6 and logs steps 8-12 again
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    keys = [(r["step"], "eval/accuracy" in r) for r in rows]
+    assert len(keys) == len(set(keys)) == len(first.splitlines())
+    assert [k for k in keys if k[1]] == [(6, True), (12, True)]
