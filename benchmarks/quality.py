@@ -82,10 +82,11 @@ def main(argv: list[str]) -> None:
         for name, stage in (("student (KD)", "distill"), ("student (no KD)", "baseline")):
             target = out / f"{stage}-trimmed"
             for line in export(models[name], target, formats=["hf"], trim_vocab=True, texts=train_texts(data),
-                               eval_data=data):
+                               eval_data=data, max_length=cfg.data.max_length):
                 print(summary_line(line))
             models[name] = str(target / "hf")
-    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", threads=1)
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", threads=1,
+                     max_length=cfg.data.max_length)
     from distill.report import table
 
     print(table(report))

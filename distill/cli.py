@@ -2,8 +2,9 @@
 
     distill train recipe=NAME [key=value ...]      one training run (KD or fine-tuning), Hydra overrides
     distill pipeline recipe=NAME [key=value ...]   fine-tune teacher → distill → no-KD baseline → compare → export
-    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR] [threads=N]
+    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR] [threads=N] [max_length=N]
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
+                   [max_length=N]  (default: the run's or data's data.max_length)
     distill recipes                                 list the ready recipes
     distill check                                   packaged teacher, 2-layer student, parity vs transformers
 
@@ -120,13 +121,15 @@ def _short_names(paths: list[str]) -> list[str]:
     return list(paths)
 
 
-def _data(name: str, extra: dict) -> object:
+def _data(name: str, extra: dict) -> tuple[object, int]:
+    """The data node ``name`` (with ``data.*`` overrides) → (TaskData, its max_length)."""
     import hydra
 
     from distill.config_check import compose_checked
 
     overrides = [f"data={name}"] + [f"{k}={v}" for k, v in extra.items() if k.startswith("data.")]
-    return hydra.utils.instantiate(compose_checked(overrides).data.source)
+    node = compose_checked(overrides).data
+    return hydra.utils.instantiate(node.source), int(node.max_length)
 
 
 def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
@@ -151,16 +154,17 @@ def compare_cmd(args: list[str]) -> None:
     kv = _kv(args)
     if "run" in kv:
         models, baseline, cfg = _run_models(Path(kv["run"]))
-        data = hydra.utils.instantiate(cfg.data.source)
+        data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
         out = kv.get("out", kv["run"])
     else:
         if "teacher" not in kv or "students" not in kv or "data" not in kv:
             raise DistillError("compare needs run=RUN_DIR, or teacher=DIR students=[DIR,...] data=NAME")
         students = kv["students"] if isinstance(kv["students"], list) else [kv["students"]]
         models = {"teacher": kv["teacher"], **dict(zip(_short_names(students), students))}
-        baseline, data, out = None, _data(kv["data"], kv), kv.get("out", "compare")
+        (data, max_length), baseline, out = _data(kv["data"], kv), None, kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
-                     split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None)
+                     split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None,
+                     max_length=int(kv.get("max_length", max_length)))
     print(markdown_table(report))
     print(f"report: {Path(out) / 'report.md'}")
 
@@ -171,15 +175,15 @@ def export_cmd(args: list[str]) -> None:
     from distill.export import FORMATS, export, summary_line
 
     kv = _kv(args)
-    data = None
+    data, max_length = None, 128
     if "run" in kv:
         models, _, cfg = _run_models(Path(kv["run"]))
         model, out = models["student (KD)"], Path(kv["run"]) / "export"
-        data = hydra.utils.instantiate(cfg.data.source)
+        data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
     elif "model" in kv:
         model, out = kv["model"], Path(kv.get("out", Path(kv["model"]) / "export"))
         if "data" in kv:
-            data = _data(kv["data"], kv)
+            data, max_length = _data(kv["data"], kv)
     else:
         raise DistillError("export needs run=RUN_DIR or model=DIR")
     formats = kv.get("formats", list(FORMATS))
@@ -192,7 +196,8 @@ def export_cmd(args: list[str]) -> None:
         texts = train_texts(data)
     elif trim:
         raise DistillError("trim_vocab=true needs the training texts: add data=NAME (or use run=RUN_DIR)")
-    for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data):
+    for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data,
+                       max_length=int(kv.get("max_length", max_length))):
         print(summary_line(line))
 
 

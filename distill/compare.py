@@ -77,13 +77,13 @@ def own_tokenizer(ref):
     return load_tokenizer(folder)
 
 
-def latency_inputs(tokenizer, dataset, texts: Sequence[str] | None = None):
+def latency_inputs(tokenizer, dataset, texts: Sequence[str] | None = None, max_length: int = 128):
     """Batch-1 and batch-32 inputs from ``texts`` (tokenized here) or the split's first 64 rows."""
     if not texts:
         return ev.latency_inputs([dataset[i] for i in range(min(64, len(dataset)))], batch_size=32)
     if tokenizer is None:
         raise DistillError("latency_texts need a tokenizer; pass tokenizer=")
-    enc = tokenizer(list(texts), truncation=True, max_length=128)
+    enc = tokenizer(list(texts), truncation=True, max_length=max_length)
     return ev.latency_inputs([dict(zip(enc, vals)) for vals in zip(*enc.values())], batch_size=32)
 
 
@@ -169,8 +169,11 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
             split: str | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0,
             warmup: int = 5, repeats: int = 50, batch_size: int = 32,
             curves: Mapping[str, str | os.PathLike | Sequence[Mapping]] | None = None,
-            min_kappa: float = 0.1) -> dict:
+            min_kappa: float = 0.1, max_length: int = 128) -> dict:
     """Evaluate every model on one split, time it on CPU, and write report.md / report.json / PNGs.
+
+    ``max_length``: what raw text is tokenized to — the run's ``data.max_length``, so the report
+    scores the models on the inputs they were trained and tested on.
 
     ``models``: name → our model, checkpoint dir, or ``.onnx`` file; ``teacher`` names the reference
     and ``baseline`` (e.g. the no-KD student) gets its own McNemar column. ``curves``: run name →
@@ -181,13 +184,13 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
     if baseline is not None and baseline not in models:
         raise DistillError(f"baseline={baseline!r} is not among the models {list(models)}; name one of them")
     tokenizer = tokenizer or own_tokenizer(models[teacher])
-    dataset, names, data_task = eval_split(data, tokenizer, split)
+    dataset, names, data_task = eval_split(data, tokenizer, split, max_length)
     label_names = list(label_names or names or [])
     task = task or data_task or getattr(models[teacher], "task", None)
     if not label_names or task not in ("sequence", "token"):
         raise DistillError("a tokenized split needs label_names= and task=sequence|token (or pass TaskData)")
     threads = threads or min(4, os.cpu_count() or 1)
-    shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts))
+    shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts, max_length))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -200,8 +203,8 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         if own is None or tokenizer is None or own.get_vocab() == tokenizer.get_vocab():
             own_split, singles, big = shared
         elif hasattr(data, "splits"):  # e.g. a vocabulary-trimmed export: its own ids, the same rows
-            own_split = eval_split(data, own, split)[0]
-            own_split, singles, big = (own_split, *latency_inputs(own, own_split, latency_texts))
+            own_split = eval_split(data, own, split, max_length)[0]
+            own_split, singles, big = (own_split, *latency_inputs(own, own_split, latency_texts, max_length))
         else:
             raise DistillError(f"model {name!r} has its own vocabulary; pass TaskData (not a tokenized split) "
                                "so each model is tokenized with its own tokenizer")

@@ -49,12 +49,14 @@ def _eval_texts(data) -> list[str]:
 def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
            trim_vocab: bool = False, texts: Sequence[str] | None = None, eval_data=None, *,
            label_names: Sequence[str] | None = None, recipe: str | Mapping | None = None,
-           compare_report: str | os.PathLike | Mapping | None = None, threads: int = 1) -> list[dict]:
+           compare_report: str | os.PathLike | Mapping | None = None, threads: int = 1,
+           max_length: int = 128) -> list[dict]:
     """Export ``model_dir`` into ``out_dir/<format>/`` and return one verified result per format.
 
     ``texts``: the training corpus (vocabulary trimming) and real inputs for the parity checks;
     ``eval_data``: TaskData (or a tokenized validation split when not trimming) for the int8 metric
-    change; ``label_names`` override the data's; ``recipe``/``compare_report`` go into the model card.
+    change; ``label_names`` override the data's; ``recipe``/``compare_report`` go into the model card;
+    ``max_length``: the run's ``data.max_length`` (evaluation and parity inputs are cut there).
     """
     from distill.model_card import write_model_card
 
@@ -96,11 +98,11 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
         from distill.compare import eval_split as tokenized
 
         split = "validation" if "validation" in eval_data.splits else None
-        eval_split = tokenized(eval_data, tokenizer, split=split)[0]
+        eval_split = tokenized(eval_data, tokenizer, split=split, max_length=max_length)[0]
     elif eval_data is not None:
         eval_split = eval_data
     example, checks, rows = parity_inputs(tokenizer, list(texts or []) or (_eval_texts(eval_data) if is_taskdata
-                                                                      else FALLBACK_TEXTS))
+                                                                      else FALLBACK_TEXTS), max_length)
     for fmt in formats:
         log.info("export: %s", fmt)
         target = out / fmt

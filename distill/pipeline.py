@@ -137,9 +137,11 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     if "control" in dirs:
         models[CONTROL] = str(dirs["control"] / "student")
         curves["augmented, gold labels"] = dirs["control"] / "metrics.jsonl"
-    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", curves=curves)
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", curves=curves,
+                     max_length=cfg.data.max_length)
     texts = train_texts(data)
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,
-                     recipe=OmegaConf.to_container(cfg, resolve=True), compare_report=out / "report.json")
+                     recipe=OmegaConf.to_container(cfg, resolve=True), compare_report=out / "report.json",
+                     max_length=cfg.data.max_length)
     return {"report": report, "exports": exports}

@@ -162,3 +162,23 @@ def test_training_curves_from_jsonl(tmp_path):
     assert_png(path)
     with pytest.raises(DistillError, match="does not exist"):
         training_curves({"run": tmp_path / "missing"}, tmp_path / "x.png")
+
+
+def test_compare_tokenizes_raw_data_at_the_runs_max_length(tmp_path):
+    """Gold = the teacher's answers on text cut at 4 tokens: scored at max_length=4 the teacher is
+    exact; at full length it is not (a fixed 128 made the report disagree with metrics.json)."""
+    import datasets
+
+    from distill.data.corpus import TaskData
+
+    tok, texts = _seq_data(n=200, seed=3)
+    teacher = tiny_model(seed=0, initializer_range=0.2)
+    enc = tok(texts, truncation=True, max_length=4)
+    rows = [dict(zip(enc, vals)) for vals in zip(*enc.values())]
+    gold = ev.predict(ev.torch_forward(teacher), [{**r, "labels": 0} for r in rows], "sequence").y_pred
+    data = TaskData(datasets.DatasetDict({"test": datasets.Dataset.from_dict(
+        {"text": texts, "label": [int(y) for y in gold]})}), ["negative", "positive"], "sequence")
+    at = {n: compare({"teacher": teacher}, tok, data, out_dir=tmp_path / str(n), max_length=n, **FAST)
+          for n in (4, 64)}
+    accuracy = {n: r["models"]["teacher"]["metrics"]["accuracy"]["value"] for n, r in at.items()}
+    assert accuracy[4] == 1.0 and accuracy[64] < 0.95
