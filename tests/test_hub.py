@@ -198,3 +198,21 @@ def test_save_is_atomic_over_an_existing_dir(tmp_path, monkeypatch):
         save_pretrained(_ours("sequence", seed=1), tmp_path / "m")
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_a_head_in_another_label_order_is_mapped_by_name(tmp_path, task):
+    """Issue 19 #1: the data's names were written over the checkpoint's, swapping the predictions."""
+    torch.manual_seed(0)
+    model = heads.TASK_CLASSES[task](tiny_config(num_labels=3, id2label={0: "positive", 1: "negative", 2: "neutral"}))
+    model.init_weights()
+    save_pretrained(model.eval(), tmp_path / "m")
+    loaded = from_pretrained(tmp_path / "m", task=task, id2label={0: "negative", 1: "neutral", 2: "Positive"})
+    assert loaded.config.id2label == {0: "negative", 1: "neutral", 2: "Positive"}
+    ids, mask = padded_batch(0)
+    with torch.no_grad():
+        own, mapped = model(ids, mask).logits, loaded(ids, mask).logits
+    assert torch.allclose(mapped, own[..., [1, 2, 0]], atol=1e-6)  # output i is still label i by name
+    same = from_pretrained(tmp_path / "m", task=task, id2label={0: "positive", 1: "negative", 2: "neutral"})
+    with torch.no_grad():
+        assert torch.allclose(same(ids, mask).logits, own, atol=1e-6)

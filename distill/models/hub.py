@@ -141,6 +141,22 @@ def load_weights(model: BertPreTrainedModel, sd: dict[str, torch.Tensor], source
         log.info("%s: ignored %d checkpoint tensors (e.g. %s)", source, len(unexpected), unexpected[0])
 
 
+def _heads_by_name(sd: dict[str, torch.Tensor], own: dict, wanted: dict[int, str], source: str) -> dict:
+    """A checkpoint whose head names the data's labels in another order gets its classifier rows
+    permuted to the data's order, so output i means label i (writing the data's names over the
+    checkpoint's would silently swap them)."""
+    own_names = [str(own.get(i, own.get(str(i), ""))) for i in range(len(own))]
+    wanted_names = [wanted[i] for i in range(len(wanted))]
+    if not any(k.startswith("classifier.") for k in sd) or [n.lower() for n in own_names] == \
+            [n.lower() for n in wanted_names] or sorted(n.lower() for n in own_names) != sorted(
+            n.lower() for n in wanted_names):
+        return sd  # no head, the same order, or other names (a head for another label set is refused on load)
+    index = {n.lower(): i for i, n in enumerate(own_names)}
+    order = torch.tensor([index[n.lower()] for n in wanted_names])
+    log.info("%s: its head orders the labels %s; rows reordered to the data's %s", source, own_names, wanted_names)
+    return {k: v[order] if k.startswith("classifier.") else v for k, v in sd.items()}
+
+
 def from_pretrained(
     name_or_path: str | os.PathLike,
     task: str = "sequence",
@@ -157,14 +173,16 @@ def from_pretrained(
         raise DistillError(f"task={task!r} is unknown; use one of {sorted(TASK_CLASSES)}")
     path = resolve(name_or_path)
     config = load_config(path, **config_overrides)
+    sd = load_state_dict(path)
     if id2label is not None:
-        config.id2label = {int(i): str(name) for i, name in dict(id2label).items()}
-        config.label2id = {name: i for i, name in config.id2label.items()}
+        wanted = {int(i): str(name) for i, name in dict(id2label).items()}
+        sd = _heads_by_name(sd, config.id2label, wanted, str(path))
+        config.id2label, config.label2id = wanted, {name: i for i, name in wanted.items()}
     elif num_labels is not None and num_labels != config.num_labels:
         config.num_labels = num_labels
     model = TASK_CLASSES[task](config)
     model.init_weights()
-    load_weights(model, load_state_dict(path), str(path))
+    load_weights(model, sd, str(path))
     model.config.name_or_path = str(path)
     return model.eval()
 
