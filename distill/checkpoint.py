@@ -21,6 +21,11 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
+CONFIG_FILE = "run_config.json"  # the flat settings the run had: a resume with other settings is refused
+# settings a resumed run may change: where and how it logs and caches, not what it computes
+FREE_TO_CHANGE = {"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last",
+                  "teacher_cache", "log_every"}
+PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description")
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -32,8 +37,10 @@ def checkpoints(root: str | os.PathLike) -> list[Path]:
     return sorted(done, key=lambda p: int(p.name.split("_")[1]))
 
 
-def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: dict, keep_last: int) -> Path:
-    """Save model/optimizer/scheduler/RNG (+ ``state``) atomically; keep the newest ``keep_last``."""
+def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: dict, keep_last: int,
+                    config: dict | None = None) -> Path:
+    """Save model/optimizer/scheduler/RNG (+ ``state``, + the run's flat ``config``) atomically; keep
+    the newest ``keep_last``."""
     folder = Path(root) / "checkpoints"
     final = folder / f"step_{state['global_step']:08d}"
     tmp = folder / f".tmp-{final.name}"
@@ -43,6 +50,8 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: di
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        if config is not None:
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         if final.exists():
             shutil.rmtree(final)
@@ -53,11 +62,32 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: di
     return final
 
 
-def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None) -> dict | None:
+def changed_settings(saved: dict, config: dict) -> list[str]:
+    """``key=old (now new)`` for every setting that changes what the run computes."""
+    keys = sorted(set(saved) | set(config))
+    keep = [k for k in keys if k.rsplit(".", 1)[-1] not in FREE_TO_CHANGE and not k.startswith(PIPELINE_ONLY)]
+    missing = "(unset)"
+    return [f"{k}={saved.get(k, missing)} (now {config.get(k, missing)})" for k in keep
+            if json.dumps(saved.get(k, missing), default=str) != json.dumps(config.get(k, missing), default=str)]
+
+
+def _check_same_run(path: Path, root: str | os.PathLike, config: dict | None) -> None:
+    if config is None or not (path / CONFIG_FILE).is_file():
+        return
+    changed = changed_settings(json.loads((path / CONFIG_FILE).read_text()), config)
+    if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        raise DistillError(f"{root} holds checkpoints of a run with other settings: {', '.join(changed[:3])}{more}; "
+                           "resume with the old settings, or give this run a new hydra.run.dir")
+
+
+def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None,
+           config: dict | None = None) -> dict | None:
     """Restore the newest loadable checkpoint (``spec="auto"``) or the one at path ``spec``.
 
     Returns the loop state saved with it, or None when there is nothing to resume from. A corrupt
-    newest checkpoint is skipped with a log line and the one before it is used.
+    newest checkpoint is skipped with a log line and the one before it is used. A checkpoint saved
+    with other settings than ``config`` (flat) stops the run with one line naming them.
     """
     if not spec:
         return None
@@ -69,6 +99,7 @@ def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None) 
             raise DistillError(f"resume={spec!r} is not a complete checkpoint dir; use resume=auto or null")
         candidates = [path]
     for path in candidates:
+        _check_same_run(path, root, config)
         try:
             accelerator.load_state(str(path))
             state = json.loads((path / STATE_FILE).read_text())

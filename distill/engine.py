@@ -226,13 +226,14 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
         shape = (c,) if task == "sequence" else (max(lengths(train_loader.dataset)), c)
         with accelerator.main_process_first():
             cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
+    settings = flat_scalars(run_config or asdict(cfg))  # checked on resume, given to the trackers
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
         wandb = {"mode": cfg.wandb_mode, "dir": str(out), "name": cfg.run_name or out.name, "tags": list(cfg.tags)}
-        accelerator.init_trackers(cfg.project, config=flat_scalars(run_config or asdict(cfg)),
+        accelerator.init_trackers(cfg.project, config=settings,
                                   init_kwargs={"wandb": wandb})
     state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "best_step": None,
              "bad_evals": 0, "nonfinite": 0, "teacher_calls": 0}
-    state.update(resume(accelerator, out, cfg.resume) or {})
+    state.update(resume(accelerator, out, cfg.resume, settings) or {})
     history, in_a_row, stop = [], 0, False
     log_file = out / "metrics.jsonl"
     if accelerator.is_main_process:
@@ -280,7 +281,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     def checkpoint():
         if state.get("saved_step") != state["global_step"]:
             state["saved_step"] = state["global_step"]
-            save_checkpoint(accelerator, out, state, cfg.keep_last)
+            save_checkpoint(accelerator, out, state, cfg.keep_last, settings)
 
     module.train()
     bar = tqdm(total=total, initial=state["global_step"], disable=not accelerator.is_local_main_process,

@@ -213,3 +213,20 @@ def test_leaderboard_ranks_by_validation_and_shows_test_beside(tmp_path):
     rows = leaderboard_rows(tmp_path)
     assert [(r["run"], r["validation"], r["test_accuracy"]) for r in rows] == \
         [("1", 0.80, 0.60), ("0", 0.70, 0.90), ("2", None, 0.99)]
+
+
+def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp_path):
+    """Issue 19 #3: a changed lr was ignored (the old schedule continued), a changed width called the
+    checkpoints unreadable. Now: one line naming what changed; the run's checkpoints stay as they were."""
+    args = ["train", "teacher=tiny", "student=tiny", "data=tiny", "trainer.max_steps=4", f"hydra.run.dir={tmp_path}"]
+    first = _cli(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    changed = _cli(*args, "trainer.lr=5e-3", "student.hidden_size=64", "trainer.log_every=1")
+    assert changed.returncode == 1 and "Traceback" not in changed.stderr
+    (line,) = [ln for ln in changed.stderr.splitlines() if ln.startswith("error:")]
+    assert "other settings: student.hidden_size=32 (now 64), trainer.lr=0.0001 (now 0.005);" in line
+    assert "log_every" not in line and "new hydra.run.dir" in line
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+    same = _cli(*args, "trainer.log_every=1")  # logging settings may change: it resumes (nothing left to do)
+    assert same.returncode == 0 and "resumed from" in same.stdout + same.stderr
