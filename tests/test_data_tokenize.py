@@ -66,6 +66,16 @@ def test_token_labels_align_to_first_sub_tokens(tok):
     assert cut["truncated"] is True
 
 
+def test_words_that_tokenize_to_nothing_keep_their_tags(tok, caplog):
+    """Issue 19 #5: U+200B and a lone combining accent became no sub-token, and their tags vanished."""
+    data = in_memory("token", ["O", "B-person"], tokens=[["\u200b", "Paul", "\u0301", "runs"]], tags=[[1, 1, 0, 0]])
+    with caplog.at_level("WARNING", logger="distill.data.tokenize"):
+        row = tokenize(data, tok, max_length=32)["train"][0]
+    assert tok.convert_ids_to_tokens(row["input_ids"]) == ["[CLS]", "[UNK]", "paul", "[UNK]", "runs", "[SEP]"]
+    assert row["word_ids"] == [-1, 0, 1, 2, 3, -1] and row["labels"] == [-100, 1, 1, 0, 0, -100]
+    assert "2 word(s) tokenize to nothing" in caplog.text
+
+
 def test_raw_text_is_cut_into_chunks(tok):
     words = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen " \
             "seventeen eighteen nineteen twenty"

@@ -31,7 +31,7 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 IGNORE = -100  # label id the losses skip
-VERSION = 1  # bump when the encoding below changes, so old cache files are not reused
+VERSION = 2  # bump when the encoding below changes, so old cache files are not reused
 IDS = datasets.List(datasets.Value("int32"))
 MASK = datasets.List(datasets.Value("int8"))
 
@@ -76,10 +76,30 @@ def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
     return labels
 
 
+def _vanished(words: list[str], word_ids: list[int | None], truncated: bool) -> list[int]:
+    """Words the tokenizer turned into no sub-token at all (U+200B, a lone combining accent): their
+    tags would silently drop out of training and of the F1 (cut-off words at the end are truncation)."""
+    seen = {w for w in word_ids if w is not None}
+    last = max(seen, default=-1) if truncated else len(words) - 1
+    return [i for i in range(last + 1) if i not in seen]
+
+
 def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int) -> dict:
-    """Word lists → sub-token ids, labels aligned to first sub-tokens, word ids kept (-1: special)."""
-    enc = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length,
+    """Word lists → sub-token ids, labels aligned to first sub-tokens, word ids kept (-1: special).
+    A word that tokenizes to nothing is read as the tokenizer's unknown token, so it keeps its tag."""
+    words = batch["tokens"]
+    enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
                     return_token_type_ids=True)
+    truncated = _truncated(enc)
+    empty = {i: _vanished(w, enc.word_ids(i), t) for i, (w, t) in enumerate(zip(words, truncated))}
+    if any(empty.values()):
+        lost = [words[i][j] for i, js in empty.items() for j in js]
+        log.warning("%d word(s) tokenize to nothing (e.g. %r); read as %s so their tags still count",
+                    len(lost), lost[0], tokenizer.unk_token)
+        words = [[tokenizer.unk_token if j in empty[i] else w for j, w in enumerate(row)]
+                 for i, row in enumerate(words)]
+        enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
+                        return_token_type_ids=True)
     word_ids = [enc.word_ids(i) for i in range(len(batch["tokens"]))]
     return _with_gold(batch, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
                               "token_type_ids": enc["token_type_ids"],
