@@ -63,10 +63,28 @@ def trainer_config(node: DictConfig) -> TrainerConfig:
     return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
 
 
+def check_classes(data) -> None:
+    """A classifier learns nothing from one class: a 1-label head (a regression in transformers'
+    reading) would report accuracy 1.0. Stop instead, naming the class."""
+    train = data.splits.get("train")
+    if data.task not in ("sequence", "token") or train is None or len(train) == 0:
+        return
+    if data.task == "sequence":
+        present = sorted(set(train["label"]))
+        if len(present) < 2:
+            found = data.label_names[present[0]] if present and data.label_names else "none"
+            raise DistillError(f"the train split holds one class ({found!r}, {len(train)} rows); a classifier needs "
+                               "at least two: check data.label_column and the file's labels")
+    elif not any(data.label_names[t] != "O" for tags in train["tags"] for t in tags):
+        raise DistillError(f"every word of the train split ({len(train)} rows) is tagged O; a tagger needs entity "
+                           "tags: check data.label_column and the file's tags")
+
+
 def load_data(cfg: DictConfig, seed: int):
     """The data node's corpus, with its transfer set appended when one is configured."""
     log.info("Instantiating data <%s>", cfg.data.source._target_)
     data = hydra.utils.instantiate(cfg.data.source)
+    check_classes(data)
     if cfg.data.get("transfer"):
         from distill.data.transfer import with_transfer
 

@@ -230,3 +230,15 @@ def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
     same = _cli(*args, "trainer.log_every=1")  # logging settings may change: it resumes (nothing left to do)
     assert same.returncode == 0 and "resumed from" in same.stdout + same.stderr
+
+
+def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):
+    """Issue 19 #4: it trained a 1-label head and reported accuracy 1.0."""
+    csv = tmp_path / "one.csv"
+    csv.write_text("text,label\n" + "".join(f"review number {i} was fine,positive\n" for i in range(60)))
+    run = _cli("train", "teacher=tiny", "student=tiny", "data=files", f"data.train_file={csv}",
+               "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path)})
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    (line,) = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    assert "the train split holds one class ('positive'" in line and "data.label_column" in line
+    assert not (tmp_path / "run" / "student").exists()
