@@ -79,6 +79,12 @@ def compose_checked(overrides: list[str]) -> DictConfig:
         overrides = [o for o in overrides if o is not None]
     overrides = [o for o in overrides if not o.startswith("-")]  # -m, --cfg job: Hydra's own flags
     overrides = [o for o in overrides if not o.startswith("hydra.") and o not in ("job", "all", "hydra")]
+    for override in overrides:
+        group, _, value = override.lstrip("+").partition("=")
+        if group in GROUPS and value.lower() in ("null", "none", ""):  # Hydra: a ValueError from its defaults list
+            hint = " (and losses=hard_only: fine-tuning)" if group == "teacher" else ""
+            raise DistillError(f"{override}: a config group takes one of {', '.join(options(group))}; "
+                               f"to drop the {group} use ~{group}{hint}")
     with initialize_config_module("distill.conf", version_base="1.3"):
         try:
             cfg = compose("config", overrides=overrides)

@@ -6,6 +6,7 @@ engine; then the student (HF format) and ``metrics.json`` land in the run dir.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
@@ -38,6 +39,9 @@ def build_models(cfg: DictConfig, data):
     log.info("Instantiating student <%s>", cfg.student._target_)
     if teacher is not None:
         student = hydra.utils.instantiate(cfg.student, teacher=teacher)
+    elif "teacher" in inspect.signature(hydra.utils.get_method(cfg.student._target_)).parameters:
+        raise DistillError(f"the student <{cfg.student._target_}> is built from a teacher, and there is none; "
+                           "add teacher=..., or train a model of its own: student=pretrained student.name_or_path=DIR")
     else:
         student = hydra.utils.instantiate(cfg.student, task=task, **labels)
     return teacher, student

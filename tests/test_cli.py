@@ -161,6 +161,7 @@ def test_wheel_ships_configs_and_recipes(tmp_path):
     (["train", "trainer.lr=abc"], ["trainer.lr", "abc"]),
     (["train", "data=files"], ["missing required value data.train_file"]),
     (["train", "student=tiny", "student.layers=[1]"], ["unknown key 'student.layers'"]),
+    (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])
 def test_config_errors_are_one_line(capsys, args, words):
     assert main(args) == 1
@@ -176,6 +177,13 @@ def test_runtime_errors_are_one_line(tmp_path):
     last = run.stderr.strip().splitlines()[-1]
     assert last.startswith("error: student layers=[0, 5] is impossible for a 2-layer teacher"), run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def test_no_teacher_with_a_student_built_from_one_is_one_line(tmp_path):
+    run = _cli("train", "~teacher", "student=tiny", "data=tiny", "losses=hard_only", f"hydra.run.dir={tmp_path}")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith(
+        "error: the student <distill.models.student.student_from_config> is built from a teacher, and there is none")
 
 
 def test_every_mr_recipe_shares_one_fine_tuned_teacher():
