@@ -164,7 +164,7 @@ def test_errors_are_one_clear_line(tmp_path):
     _one_line(e, "gpt2", "BERT")
     with pytest.raises(DistillError) as e:
         from_pretrained("some-org/some-bert")  # HF_HUB_OFFLINE=1 in tests: no network here
-    _one_line(e, "some-org/some-bert", "local checkpoint dir")
+    _one_line(e, "some-org/some-bert", "neither a local dir", "local checkpoint dir")
 
 
 def test_mismatched_and_corrupt_checkpoints(tmp_path):

@@ -55,9 +55,9 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
 
         return Path(snapshot_download(repo_id=text, allow_patterns=HUB_PATTERNS))
     except Exception as e:  # offline, unknown repo, gated repo: all end the same way for the user
-        raise DistillError(
-            f"could not fetch {text!r} from the Hugging Face hub ({type(e).__name__}); "
-            "without a network pass a local checkpoint dir instead"
+        raise DistillError(  # "org/name" may be a hub id or a relative dir: say both
+            f"{text!r} is neither a local dir (looked in {Path.cwd()}) nor fetchable from the Hugging Face hub "
+            f"({type(e).__name__}); check the path, or without a network pass a local checkpoint dir"
         ) from None
 
 
