@@ -137,7 +137,8 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
     from omegaconf import OmegaConf
 
     if not (run / "pipeline.json").is_file():
-        raise DistillError(f"{run} is not a pipeline run dir (no pipeline.json); pass teacher= and students=")
+        raise DistillError(f"{run} is not a pipeline run dir (no pipeline.json) nor a train run dir (no student/); "
+                           "pass teacher=DIR students=[DIR,...] data=NAME (compare) or model=DIR (export)")
     stages = json.loads((run / "pipeline.json").read_text())
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     models = {"teacher": stages["teacher"], "student (KD)": str(Path(stages["distill"]) / "student"),
@@ -177,8 +178,15 @@ def export_cmd(args: list[str]) -> None:
     kv = _kv(args)
     data, max_length = None, 128
     if "run" in kv:
-        models, _, cfg = _run_models(Path(kv["run"]))
-        model, out = models["student (KD)"], Path(kv["run"]) / "export"
+        run = Path(kv["run"])
+        if (run / "student").is_dir() and not (run / "pipeline.json").is_file():  # a `distill train` run dir
+            from omegaconf import OmegaConf
+
+            model, cfg = str(run / "student"), OmegaConf.load(run / ".hydra" / "config.yaml")
+        else:
+            models, _, cfg = _run_models(run)
+            model = models["student (KD)"]
+        out = run / "export"
         data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
     elif "model" in kv:
         model, out = kv["model"], Path(kv.get("out", Path(kv["model"]) / "export"))

@@ -64,6 +64,9 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     from distill.models.hub import from_pretrained
 
     assert from_pretrained(tmp_path / "student").config.id2label == {0: "negative", 1: "positive"}
+    exported = _cli("export", f"run={tmp_path}", "formats=[hf]")  # as the README shows it, right after train
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert (tmp_path / "export" / "hf" / "model.safetensors").is_file()
 
 
 def test_sweep_ends_with_a_leaderboard(tmp_path):
