@@ -29,6 +29,7 @@ from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
 from distill.evaluate import Predictions, main_metric, metrics
+from distill.interrupt import StopRequest
 from distill.launch import cpu_only
 from distill.outputs import ModelOutputs
 from distill.teacher_cache import TeacherCache
@@ -287,63 +288,71 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     bar = tqdm(total=total, initial=state["global_step"], disable=not accelerator.is_local_main_process,
                desc="distill" if teacher is not None else "fine-tune")
     sums, count, t0, seen = {}, 0, time.perf_counter(), 0
-    while state["global_step"] < total and not stop:
-        train_loader.set_epoch(state["epoch"])
-        loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
-            if state["batches_in_epoch"] else train_loader
-        for batch in loader:
-            state["batches_in_epoch"] += 1
-            plain.loss.set_progress(state["global_step"], total)
-            with accelerator.accumulate(module):
-                teacher_out = teacher_outputs(batch)
-                loss_value, parts = module(batch, teacher_out)
-                finite = accelerator.reduce(torch.isfinite(loss_value.detach()).float(), "min")
-                if finite.item() == 0:  # every process skips the same step
-                    state["nonfinite"] += 1
-                    in_a_row += 1
-                    log.warning("non-finite loss at step %d skipped (%d in a row)", state["global_step"], in_a_row)
+    with StopRequest() as stop_request:
+        while state["global_step"] < total and not stop:
+            train_loader.set_epoch(state["epoch"])
+            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
+                if state["batches_in_epoch"] else train_loader
+            for batch in loader:
+                state["batches_in_epoch"] += 1
+                plain.loss.set_progress(state["global_step"], total)
+                with accelerator.accumulate(module):
+                    teacher_out = teacher_outputs(batch)
+                    loss_value, parts = module(batch, teacher_out)
+                    finite = accelerator.reduce(torch.isfinite(loss_value.detach()).float(), "min")
+                    if finite.item() == 0:  # every process skips the same step
+                        state["nonfinite"] += 1
+                        in_a_row += 1
+                        log.warning("non-finite loss at step %d skipped (%d in a row)", state["global_step"], in_a_row)
+                        optimizer.zero_grad(set_to_none=True)
+                        if in_a_row >= cfg.max_nonfinite:
+                            raise DistillError(
+                                f"{in_a_row} non-finite losses in a row at step {state['global_step']}; lower "
+                                "trainer.lr, use mixed_precision=bf16 instead of fp16, or check the data for empty "
+                                "rows")
+                        continue
+                    in_a_row = 0
+                    accelerator.backward(loss_value)
+                    if accelerator.sync_gradients and cfg.max_grad_norm:
+                        accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
-                    if in_a_row >= cfg.max_nonfinite:
-                        raise DistillError(
-                            f"{in_a_row} non-finite losses in a row at step {state['global_step']}; lower trainer.lr, "
-                            "use mixed_precision=bf16 instead of fp16, or check the data for empty rows")
+                for name, value in {"loss": loss_value.detach(), **parts}.items():
+                    sums[name] = sums.get(name, 0.0) + float(value)
+                count += 1
+                seen += batch["input_ids"].shape[0] * (1 if cfg.split_batches else accelerator.num_processes)
+                if not accelerator.sync_gradients:
                     continue
-                in_a_row = 0
-                accelerator.backward(loss_value)
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for name, value in {"loss": loss_value.detach(), **parts}.items():
-                sums[name] = sums.get(name, 0.0) + float(value)
-            count += 1
-            seen += batch["input_ids"].shape[0] * (1 if cfg.split_batches else accelerator.num_processes)
-            if not accelerator.sync_gradients:
-                continue
-            state["global_step"] += 1
-            bar.update(1)
-            step = state["global_step"]
-            if step % cfg.log_every == 0 or step == total:
-                rate = seen / (time.perf_counter() - t0)
-                values = {f"train/{k}": v / count for k, v in sums.items()}
-                values.update({"train/lr": scheduler.get_last_lr()[0], "train/samples_per_s": rate,
-                               "train/nonfinite": state["nonfinite"]})
-                record(values)
-                bar.set_postfix(loss=f"{values['train/loss']:.4f}", sps=f"{rate:.0f}")
-                sums, count, t0, seen = {}, 0, time.perf_counter(), 0
-            end_of_epoch = state["batches_in_epoch"] >= len(train_loader)
-            if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
-                stop = evaluate_and_track()
-            if end_of_epoch:
-                state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
-            if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and end_of_epoch):
-                checkpoint()
-            if stop or step >= total:
-                break
-        else:  # the loader ran out (possible when non-finite steps were skipped)
-            if state["batches_in_epoch"]:
-                state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
+                state["global_step"] += 1
+                bar.update(1)
+                step = state["global_step"]
+                if step % cfg.log_every == 0 or step == total:
+                    rate = seen / (time.perf_counter() - t0)
+                    values = {f"train/{k}": v / count for k, v in sums.items()}
+                    values.update({"train/lr": scheduler.get_last_lr()[0], "train/samples_per_s": rate,
+                                   "train/nonfinite": state["nonfinite"]})
+                    record(values)
+                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", sps=f"{rate:.0f}")
+                    sums, count, t0, seen = {}, 0, time.perf_counter(), 0
+                end_of_epoch = state["batches_in_epoch"] >= len(train_loader)
+                if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
+                    stop = evaluate_and_track()
+                if end_of_epoch:
+                    state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
+                if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and end_of_epoch):
+                    checkpoint()
+                if stop or step >= total:
+                    break
+                if stop_request.agreed(accelerator):  # Ctrl-C / SIGTERM: a checkpoint at this step, then one line
+                    if cache is not None:
+                        cache.flush()
+                    checkpoint()
+                    raise DistillError(f"interrupted at step {step}: checkpoint saved in {out / 'checkpoints'}; "
+                                       "run the same command again to resume")
+            else:  # the loader ran out (possible when non-finite steps were skipped)
+                if state["batches_in_epoch"]:
+                    state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
     bar.close()
     if cache is not None:
         cache.flush()

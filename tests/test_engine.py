@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,34 @@ def test_resumed_run_logs_each_step_once(tmp_path):
     keys = [(r["step"], "eval/accuracy" in r) for r in rows]
     assert len(keys) == len(set(keys)) == len(first.splitlines())
     assert [k for k in keys if k[1]] == [(6, True), (12, True)]
+
+
+class InterruptAt(H.KDTestLoss):
+    """Sends this process SIGINT (Ctrl-C) during the forward of call ``n``: no clock involved."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().forward(student, teacher, batch)
+
+
+def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_path):
+    def run(out, loss):
+        teacher, student = H.models(dropout=0.1)
+        train_loader, val_loader = H.loaders()
+        return train(H.config(epochs=2, load_best_at_end=False), student, loss, train_loader, val_loader, out,
+                     "sequence", "ab", teacher=teacher)
+
+    full = run(tmp_path / "full", H.KDTestLoss())["student"].state_dict()
+    with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
+        run(tmp_path / "cut", InterruptAt(3))
+    assert [p.name for p in distill.checkpoint.checkpoints(tmp_path / "cut")] == ["step_00000003"]
+    resumed = run(tmp_path / "cut", H.KDTestLoss())
+    assert resumed["steps"] == 12
+    assert all(torch.equal(full[k], v) for k, v in resumed["student"].state_dict().items())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
