@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from accelerate import Accelerator
+from safetensors import SafetensorError
 
 from distill.errors import DistillError
 
@@ -45,6 +46,19 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: di
     folder = Path(root) / "checkpoints"
     final = folder / f"step_{state['global_step']:08d}"
     tmp = folder / f".tmp-{final.name}"
+    try:
+        return _write(accelerator, root, state, keep_last, config, final, tmp)
+    except (OSError, SafetensorError) as e:  # a full disk, a read-only dir: the last complete checkpoint stays
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        kept = checkpoints(root)
+        kept = f"the newest complete one, {kept[-1].name}, is intact" if kept else "there is no earlier one"
+        raise DistillError(f"could not write checkpoint {final.name} in {folder} ({type(e).__name__}: {e}); {kept}; "
+                           "free disk space or fix permissions, then run the same command again to resume") from None
+
+
+def _write(accelerator: Accelerator, root, state: dict, keep_last: int, config: dict | None, final: Path,
+           tmp: Path) -> Path:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)

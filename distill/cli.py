@@ -56,6 +56,14 @@ def _hydra_app(task):
     app()
 
 
+def _check_run_dir(overrides: list[str]) -> None:
+    """A run dir given on the command line must be a dir or not exist yet (Hydra's own trace otherwise)."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(value).exists() and not Path(value).is_dir():
+            raise DistillError(f"{key}={value} is a file, not a dir; point {key} at a new or existing dir")
+
+
 def _rank_overrides() -> list[str]:
     """Processes other than rank 0 of a multi-process launch share rank 0's run dir: they leave its
     ``.hydra/`` record and its log file to rank 0 and print warnings only."""
@@ -231,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = translate(rest)
             compose_checked(overrides)  # every config mistake → one line, before Hydra starts
+            _check_run_dir(overrides)
             sys.argv = [f"distill {command}", *overrides, *_rank_overrides()]
             _hydra_app(_train if command == "train" else _pipeline)
         elif command == "compare":

@@ -157,6 +157,13 @@ def test_wheel_ships_configs_and_recipes(tmp_path):
     assert "quickstart" in run.stdout and "mr_tinybert" in run.stdout
 
 
+def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "afile").write_text("")
+    assert main(["train", "teacher=tiny", f"hydra.run.dir={tmp_path / 'afile'}"]) == 1
+    assert capsys.readouterr().err.strip() == f"error: hydra.run.dir={tmp_path / 'afile'} is a file, not a dir; " \
+        "point hydra.run.dir at a new or existing dir"
+
+
 @pytest.mark.parametrize("args,words", [
     (["train", "recipe=nope"], ["unknown recipe 'nope'", "quickstart"]),
     (["train", "data=mrr"], ["unknown data 'mrr'", "sms_spam"]),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import distill.checkpoint
@@ -41,7 +42,8 @@ def test_sigkilled_run_resumes_to_identical_weights(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeypatch):
+@pytest.mark.parametrize("fault", [OSError("power cut"), SafetensorError("IoError: No space left on device")])
+def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeypatch, fault):
     teacher, student = H.models()
     train_loader, val_loader = H.loaders()
     train(H.config(epochs=1), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence", "ab",
@@ -51,12 +53,13 @@ def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeyp
 
     def crash_midway(self, output_dir, **kwargs):
         Path(output_dir, "model.safetensors").write_bytes(b"half a file")
-        raise OSError("power cut")
+        raise fault
 
     monkeypatch.setattr("accelerate.Accelerator.save_state", crash_midway)
     teacher, student = H.models()
     train_loader, val_loader = H.loaders()
-    with pytest.raises(OSError, match="power cut"):
+    with pytest.raises(DistillError, match=rf"could not write checkpoint step_00000006 in .* \({type(fault).__name__}: "
+                                           r".*\); the newest complete one, step_00000006, is intact; free disk space"):
         train(H.config(epochs=2, resume=None), student, H.KDTestLoss(), train_loader, val_loader, tmp_path,
               "sequence", "ab", teacher=teacher)
     monkeypatch.undo()
