@@ -159,6 +159,10 @@ def test_bad_inputs_raise_one_line(tmp_path):
     one_line_error(lambda: sources.files(good, text_column="review", label_column="sentiment", limit=0), "limit=0")
     one_line_error(lambda: sources.mr(test_fraction=0.5, validation_fraction=0.45), "leaves under 10%")
     one_line_error(lambda: sources.files(good, task="ner"), "task='ner' is unknown")
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes("review,sentiment\ncaf\u00e9 au lait,pos\n".encode("latin-1"))
+    one_line_error(lambda: sources.files(latin1, text_column="review", label_column="sentiment"),
+                   "latin1.csv is not UTF-8 text (it holds byte b'\\xe9')", "re-save it as UTF-8")
     assert cached_entries() == []  # nothing half-written by any failure above
 
 

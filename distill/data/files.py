@@ -106,6 +106,13 @@ def _read_file(path: Path, task: str, wanted: dict[str, str | None]) -> Table:
     except Exception as e:  # parser errors of pandas / pyarrow / json all mean "the file is malformed"
         if "corresponds to no data" in str(e):  # a header and no rows
             raise DistillError(f"{origin} has no rows; give a file with at least one example") from None
+        cause = e
+        while cause.__cause__ is not None or cause.__context__ is not None:  # datasets wraps the reader's error
+            cause = cause.__cause__ or cause.__context__
+            if isinstance(cause, UnicodeDecodeError):
+                byte = cause.object[cause.start:cause.start + 1]
+                raise DistillError(f"{origin} is not UTF-8 text (it holds byte {byte!r}); re-save it as UTF-8, "
+                                   "e.g. iconv -f latin1 -t utf-8") from None
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
         raise DistillError(f"could not read {origin} as {fmt} ({type(e).__name__}: {first}); fix the file") from None
     return Table(_columns(ds, wanted, origin), origin, renamed={c: col for c, col in wanted.items() if col})
