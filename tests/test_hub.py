@@ -216,3 +216,16 @@ def test_a_head_in_another_label_order_is_mapped_by_name(tmp_path, task):
     same = from_pretrained(tmp_path / "m", task=task, id2label={0: "positive", 1: "negative", 2: "neutral"})
     with torch.no_grad():
         assert torch.allclose(same(ids, mask).logits, own, atol=1e-6)
+
+
+def test_a_checkpoint_without_its_tokenizer_or_with_a_bigger_one_is_one_line(tmp_path):
+    """Issue 19 #2: no tokenizer files gave a 5-token tokenizer (every input [UNK]); a tokenizer larger
+    than the model's vocabulary gave an IndexError mid-run."""
+    save_pretrained(_ours("sequence"), tmp_path / "bare")  # no tokenizer saved beside it
+    with pytest.raises(DistillError) as e:
+        load_tokenizer(tmp_path / "bare")
+    _one_line(e, "has no tokenizer files", "tokenizer.save_pretrained")
+    save_pretrained(_ours("sequence"), tmp_path / "small", load_tokenizer(minilm_l6_path()))  # vocab_size 99
+    with pytest.raises(DistillError) as e:
+        load_tokenizer(tmp_path / "small")
+    _one_line(e, "30,522 tokens but the model's vocab_size is 99", "another model")

@@ -195,10 +195,20 @@ def load_packaged_minilm(task: str = "sequence", num_labels: int | None = None, 
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The checkpoint's own (fast) tokenizer; never runs remote code."""
     path = resolve(name_or_path)
+    files = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
+    if not any((path / f).is_file() for f in files):  # transformers would build a 5-token tokenizer: all [UNK]
+        raise DistillError(f"{path} has no tokenizer files ({', '.join(files)}); copy the tokenizer the model was "
+                           "trained with into it (tokenizer.save_pretrained(DIR))")
     try:
-        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
     except Exception as e:
         raise DistillError(f"{path} has no usable tokenizer files ({type(e).__name__}); add vocab.txt") from None
+    config = path / "config.json"
+    vocab = json.loads(config.read_text()).get("vocab_size") if config.is_file() else None
+    if vocab is not None and len(tokenizer) > vocab:  # ids past the embedding table: an IndexError mid-run
+        raise DistillError(f"{path}: its tokenizer has {len(tokenizer):,} tokens but the model's vocab_size is "
+                           f"{vocab:,}; the tokenizer belongs to another model")
+    return tokenizer
 
 
 def save_pretrained(model: BertPreTrainedModel, out_dir: str | os.PathLike, tokenizer=None) -> Path:
