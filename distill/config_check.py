@@ -9,6 +9,7 @@ from __future__ import annotations
 from importlib import resources
 
 from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -47,21 +48,15 @@ def translate(args: list[str]) -> list[str]:
     return out
 
 
-def _first_sweep_value(override: str) -> str | None:
-    """``k=a,b`` → ``k=a`` (checked like a single run); sweep functions are left to Hydra."""
-    if "=" not in override or override.startswith("-"):
-        return override
-    key, value = override.split("=", 1)
-    if value.startswith(("choice(", "range(", "interval(", "glob(", "tag(", "sort(", "shuffle(")):
-        return None
-    depth, cut = 0, len(value)
-    for i, ch in enumerate(value):
-        depth += ch in "[{(" and 1 or 0
-        depth -= ch in "]})" and 1 or 0
-        if ch == "," and depth == 0:
-            cut = i
-            break
-    return f"{key}={value[:cut]}"
+def sweep_points(overrides: list[str]) -> list[list[str]]:
+    """The single runs a ``-m`` sweep must be able to start, read with Hydra's own override parser:
+    every sweep at its first value, then each other value of each sweep on its own (so a bad second
+    value stops the sweep before job 0 trains, not after)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    options = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+               else [o.input_line] for o in parsed]
+    first = [values[0] for values in options]
+    return [first] + [first[:i] + [other] + first[i + 1:] for i, values in enumerate(options) for other in values[1:]]
 
 
 def _valid_keys(base: DictConfig, dotted: str) -> str:
@@ -74,11 +69,17 @@ def _valid_keys(base: DictConfig, dotted: str) -> str:
 
 def compose_checked(overrides: list[str]) -> DictConfig:
     """Compose ``config.yaml`` with ``overrides`` (Hydra syntax), or raise a one-line DistillError."""
-    if "-m" in overrides or "--multirun" in overrides:
-        overrides = [_first_sweep_value(o) for o in overrides]
-        overrides = [o for o in overrides if o is not None]
+    sweep = "-m" in overrides or "--multirun" in overrides
     overrides = [o for o in overrides if not o.startswith("-")]  # -m, --cfg job: Hydra's own flags
     overrides = [o for o in overrides if not o.startswith("hydra.") and o not in ("job", "all", "hydra")]
+    if sweep:
+        try:
+            points = sweep_points(overrides)
+        except OverrideParseException as e:
+            raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
+        for point in points[1:]:
+            compose_checked(point)
+        overrides = points[0]
     for override in overrides:
         group, _, value = override.lstrip("+").partition("=")
         if group in GROUPS and value.lower() in ("null", "none", ""):  # Hydra: a ValueError from its defaults list

@@ -171,6 +171,7 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     (["train", "trainer.lr=abc"], ["trainer.lr", "abc"]),
     (["train", "data=files"], ["missing required value data.train_file"]),
     (["train", "student=tiny", "student.layers=[1]"], ["unknown key 'student.layers'"]),
+    (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])
 def test_config_errors_are_one_line(capsys, args, words):
