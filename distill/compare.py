@@ -198,7 +198,10 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
     for name, ref in models.items():
         forward, info, model = load(ref, task, threads)
         if model is not None:
-            check_labels(model.config, label_names)
+            try:
+                check_labels(model.config, label_names)
+            except DistillError as e:  # which of the models compared is the odd one out
+                raise DistillError(f"model {name!r} ({ref}): {e}") from None
         own = own_tokenizer(ref)
         if own is None or tokenizer is None or own.get_vocab() == tokenizer.get_vocab():
             own_split, singles, big = shared

@@ -182,3 +182,13 @@ def test_compare_tokenizes_raw_data_at_the_runs_max_length(tmp_path):
           for n in (4, 64)}
     accuracy = {n: r["models"]["teacher"]["metrics"]["accuracy"]["value"] for n, r in at.items()}
     assert accuracy[4] == 1.0 and accuracy[64] < 0.95
+
+
+def test_compare_names_the_model_whose_labels_do_not_fit(tmp_path):
+    tok, texts = _seq_data(n=20)
+    rows = sequence_rows(tok, texts, [0] * len(texts))
+    three = tiny_model(seed=1, labels=("a", "b", "c"))
+    with pytest.raises(DistillError, match=r"^model 'student' \(.*\): the model predicts 3 labels \['a', 'b', 'c'\] "
+                                           r"but the data has 2"):
+        compare({"teacher": tiny_model(), "student": three}, tok, rows, task="sequence",
+                label_names=["negative", "positive"], out_dir=tmp_path, **FAST)
