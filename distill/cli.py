@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -251,6 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `distill recipes | head`: the reader left; nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit-time flush must not fail again
+        return 0
     except Exception as e:
         inner = _unwrap(e)
         if isinstance(inner, DistillError):

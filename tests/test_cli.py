@@ -261,3 +261,13 @@ def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):
     (line,) = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert "the train split holds one class ('positive'" in line and "data.label_column" in line
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_recipes_into_a_closed_pipe_exits_quietly():
+    """`distill recipes | head`: the reader is gone before we write (no timing: its end is closed first)."""
+    read, write = os.pipe()
+    os.close(read)
+    run = subprocess.run([sys.executable, "-m", "distill.cli", "recipes"], cwd=ROOT, stdout=write,
+                         stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    os.close(write)
+    assert run.returncode == 0 and run.stderr == ""
