@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -253,6 +253,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
             t_out = teacher(**inputs, **teacher_flags)
         if cache is not None:
             cache.put(batch["idx"], t_out.logits)
+            # learn from what the cache hands back later (fp16): the same targets whichever epoch or resume
+            t_out = replace(t_out, logits=t_out.logits.half().float())
         return t_out
 
     def evaluate_and_track():

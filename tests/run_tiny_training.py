@@ -1,7 +1,8 @@
-"""Run a tiny distillation to completion (or SIGKILL itself after the first checkpoint).
+"""Run a tiny distillation to completion, or SIGKILL itself part-way.
 
-    python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint]
-Writes OUT_DIR/final.safetensors with the student's final weights.
+    python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint] [--kill-at-batch N] [--cache DIR]
+Writes OUT_DIR/final.safetensors with the student's final weights. ``--kill-at-batch N`` dies in the
+forward of batch N (counted from this process's start); ``--cache DIR`` turns the teacher-logit cache on.
 """
 
 import logging
@@ -15,22 +16,36 @@ import distill.engine
 from tests import engine_helpers as H
 
 
+class DieAt(H.KDTestLoss):
+    def __init__(self, n):
+        super().__init__()
+        self.n, self.calls = n, 0
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGKILL)  # no clean exit, no finally blocks
+        return super().forward(student, teacher, batch)
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    out = sys.argv[1]
-    if "--kill-after-first-checkpoint" in sys.argv:
+    out, args = sys.argv[1], sys.argv[2:]
+    if "--kill-after-first-checkpoint" in args:
         real_save = distill.engine.save_checkpoint
 
-        def save_then_die(*args, **kwargs):
-            real_save(*args, **kwargs)
-            os.kill(os.getpid(), signal.SIGKILL)  # no clean exit, no finally blocks
+        def save_then_die(*a, **kwargs):
+            real_save(*a, **kwargs)
+            os.kill(os.getpid(), signal.SIGKILL)
 
         distill.engine.save_checkpoint = save_then_die
+    loss = DieAt(int(args[args.index("--kill-at-batch") + 1])) if "--kill-at-batch" in args else H.KDTestLoss()
+    cache = args[args.index("--cache") + 1] if "--cache" in args else None
     teacher, student = H.models(dropout=0.1)  # dropout on: the RNG state must be restored too
     train_loader, val_loader = H.loaders()
-    cfg = H.config(epochs=2, save_every=3, load_best_at_end=False)
-    result = distill.engine.train(cfg, student, H.KDTestLoss(), train_loader, val_loader, out, "sequence",
-                                  ["a", "b"], teacher=teacher)
+    cfg = H.config(epochs=2, save_every=3, load_best_at_end=False, teacher_cache=cache is not None, cache_dir=cache)
+    result = distill.engine.train(cfg, student, loss, train_loader, val_loader, out, "sequence", ["a", "b"],
+                                  teacher=teacher, cache_key="tiny" if cache else None)
     save_file({k: v.contiguous() for k, v in result["student"].state_dict().items()},
               os.path.join(out, "final.safetensors"))
 

@@ -42,6 +42,22 @@ def test_sigkilled_run_resumes_to_identical_weights(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.parametrize("kill_at", [5, 8])  # epoch 0 with the teacher cache filling; mid epoch 1
+def test_sigkill_with_the_teacher_cache_on_resumes_to_identical_weights(tmp_path, kill_at):
+    """Issue 19 #6: rows cached (fp16) after the checkpoint but before the kill were read back on resume
+    where the uninterrupted run had used the teacher's fp32 logits: weights differed by 2.4e-7."""
+    full = _run(tmp_path / "full", "--cache", str(tmp_path / "cache-full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"), "--kill-at-batch", str(kill_at))
+    assert killed.returncode == -9
+    resumed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(tmp_path / "full" / "final.safetensors")
+    b = load_file(tmp_path / "resumed" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("fault", [OSError("power cut"), SafetensorError("IoError: No space left on device")])
 def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeypatch, fault):
     teacher, student = H.models()
