@@ -244,7 +244,8 @@ def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp
     changed = _cli(*args, "trainer.lr=5e-3", "student.hidden_size=64", "trainer.log_every=1")
     assert changed.returncode == 1 and "Traceback" not in changed.stderr
     (line,) = [ln for ln in changed.stderr.splitlines() if ln.startswith("error:")]
-    assert "other settings: student.hidden_size=32 (now 64), trainer.lr=0.0001 (now 0.005);" in line
+    assert "holds checkpoints of a run with other settings: student.hidden_size=32 (now 64), trainer.lr=0.0001 " \
+           "(now 0.005);" in line
     assert "log_every" not in line and "new hydra.run.dir" in line
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
     same = _cli(*args, "trainer.log_every=1")  # logging settings may change: it resumes (nothing left to do)

@@ -201,13 +201,15 @@ def test_save_is_atomic_over_an_existing_dir(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("task", ["sequence", "token"])
-def test_a_head_in_another_label_order_is_mapped_by_name(tmp_path, task):
+def test_a_head_in_another_label_order_is_mapped_by_name(tmp_path, task, caplog):
     """Issue 19 #1: the data's names were written over the checkpoint's, swapping the predictions."""
     torch.manual_seed(0)
     model = heads.TASK_CLASSES[task](tiny_config(num_labels=3, id2label={0: "positive", 1: "negative", 2: "neutral"}))
     model.init_weights()
     save_pretrained(model.eval(), tmp_path / "m")
-    loaded = from_pretrained(tmp_path / "m", task=task, id2label={0: "negative", 1: "neutral", 2: "Positive"})
+    with caplog.at_level("INFO", logger="distill.models.hub"):
+        loaded = from_pretrained(tmp_path / "m", task=task, id2label={0: "negative", 1: "neutral", 2: "Positive"})
+    assert "rows reordered to the data's" in caplog.text
     assert loaded.config.id2label == {0: "negative", 1: "neutral", 2: "Positive"}
     ids, mask = padded_batch(0)
     with torch.no_grad():
