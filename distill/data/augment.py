@@ -37,7 +37,7 @@ import datasets
 import torch
 
 from distill.data.contextual import contextual_candidates
-from distill.data.corpus import TaskData, _save, cache_dir
+from distill.data.corpus import TaskData, cache_dir, save_dataset
 from distill.data.mentions import mention_bank, swap
 from distill.data.mlm_head import MLMFit, masked_lm
 from distill.data.mlm_head import fingerprint as mlm_fingerprint
@@ -255,7 +255,7 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
         ds = datasets.Dataset.from_dict(columns, features=features, split="train")
         meta = {"rows_before": len(train), "rows_after": len(ds), "changed_share": share,
                 "seconds": time.perf_counter() - start, "settings": asdict(settings)}
-        _save(path, datasets.DatasetDict({"train": ds}), meta)
+        save_dataset(path, datasets.DatasetDict({"train": ds}), meta)
     meta = json.loads((path / "distill.json").read_text())
     train = datasets.load_from_disk(str(path))["train"]
     if settings.label == "gold":  # the control: the same rows, each with its source row's gold label

@@ -173,7 +173,7 @@ def assemble(
     return datasets.DatasetDict(out), names, stats
 
 
-def _save(path: Path, splits: datasets.DatasetDict, meta: dict) -> None:
+def save_dataset(path: Path, splits: datasets.DatasetDict, meta: dict) -> None:
     """Write into a temp dir beside ``path`` and rename: readers never see a partial dataset."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -215,7 +215,7 @@ def build(
     path = cache_dir() / "data" / f"{name}-{digest}"
     if not (path / "distill.json").is_file():
         splits, names, stats = assemble(read(), task, label_names, test_fraction, validation_fraction, dedupe)
-        _save(path, splits, {"name": name, "task": task, "label_names": names, "stats": stats})
+        save_dataset(path, splits, {"name": name, "task": task, "label_names": names, "stats": stats})
     meta = json.loads((path / "distill.json").read_text())
     splits = datasets.load_from_disk(str(path))
     stats = dict(meta["stats"])
