@@ -20,15 +20,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.models.hub import weights_digest
+
 log = logging.getLogger(__name__)
 
 
 def fingerprint(teacher: torch.nn.Module, tokenizer, data_fingerprint: str, max_length: int) -> str:
     """sha256 over teacher tensors, the tokenizer's vocab, the data's fingerprint and max_length."""
-    h = hashlib.sha256()
-    for name, tensor in sorted(teacher.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    h = hashlib.sha256(weights_digest(teacher).encode())
     vocab = sorted(tokenizer.get_vocab().items()) if tokenizer is not None else []
     h.update(json.dumps(vocab).encode())
     h.update(f"{data_fingerprint}|{max_length}".encode())

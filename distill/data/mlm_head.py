@@ -31,6 +31,7 @@ from distill.data.corpus import cache_dir
 from distill.data.tokenize import IGNORE, tokenizer_key
 from distill.errors import DistillError
 from distill.models.heads import BertForMaskedLM
+from distill.models.hub import weights_digest
 
 log = logging.getLogger(__name__)
 VERSION = 2  # bump when the fitting below changes, so old heads are not reused
@@ -50,10 +51,8 @@ class MLMFit:
 
 
 def fingerprint(model: torch.nn.Module, tokenizer, texts: list[str], fit: MLMFit) -> str:
-    h = hashlib.sha256(f"{VERSION}|{json.dumps(asdict(fit), sort_keys=True)}|{tokenizer_key(tokenizer)}".encode())
-    for name, tensor in sorted(model.bert.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    h = hashlib.sha256(f"{VERSION}|{json.dumps(asdict(fit), sort_keys=True)}|{tokenizer_key(tokenizer)}|"
+                       f"{weights_digest(model.bert)}".encode())
     for text in texts:
         h.update(text.encode() + b"\0")
     return h.hexdigest()[:20]

