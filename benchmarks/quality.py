@@ -98,6 +98,8 @@ def main(argv: list[str]) -> None:
                       "param_ratio": round(kd_report["params_ratio"], 4), "trim_vocab": trim,
                       "median_seed_shipped_metric": round(kd_report["metrics"][key]["value"], 4),
                       "speedup": round(kd_report["speedup_p50"], 3), "kd_vs_baseline_p": mcnemar.get("p_value"),
+                      "kd_vs_baseline_bootstrap_p": kd_report["paired_bootstrap"].get("vs_student (no KD)", {})
+                      .get("p_value"),
                       "control_metric": None if control_m is None else round(control_m, 4),
                       "control_vs_baseline_p": report["models"].get(CONTROL, {}).get("mcnemar", {})
                       .get("vs_student (no KD)", {}).get("p_value"),

@@ -234,8 +234,10 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         r["size_ratio"] = _ratio(r["size_bytes"], ref["size_bytes"])
         r["params_ratio"] = _ratio(r["params"]["total"], ref["params"]["total"])
         r["agreement_with_teacher"] = ev.agreement(preds[name], preds[teacher])
-        r["mcnemar"] = {f"vs_{other}": ev.mcnemar(preds[name].correct, preds[other].correct)
-                        for other in (teacher, baseline) if other is not None and other != name}
+        others = [other for other in (teacher, baseline) if other is not None and other != name]
+        r["mcnemar"] = {f"vs_{other}": ev.mcnemar(preds[name].correct, preds[other].correct) for other in others}
+        r["paired_bootstrap"] = {f"vs_{other}": ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
+                                 for other in others}
 
     key = ev.main_metric(task)
     report = {

@@ -26,6 +26,12 @@ def notes(report: dict) -> list[str]:
             lines.append(f"{name} vs {other[3:]}: {diff:+.1f} points of {key}, McNemar p = {test['p_value']:.3g} "
                          f"({test['method']}; {test['b']} {s['unit']}s only {name} got right, {test['c']} only "
                          f"{other[3:]}) — {verdict}.")
+            boot = r.get("paired_bootstrap", {}).get(other)
+            if boot is not None:  # the test that resamples what the metric is made of (sentences for entity F1)
+                lo, hi = (100 * x for x in boot["ci95"])
+                lines.append(f"{name} vs {other[3:]}: paired bootstrap over {boot['unit']}s ({boot['n_boot']} "
+                             f"resamples): {100 * boot['diff']:+.1f} points of {key} (95% CI {lo:+.1f} to {hi:+.1f}), "
+                             f"p = {boot['p_value']:.3g}.")
     runtimes = " and ".join(sorted({r["runtime"] for r in models.values()}))
     lines.append(f"Latency: CPU, {runtimes}, {s['threads']} thread(s), same process and setting for every model; "
                  f"batch 1 p50/p90 over {s['repeats']} calls after {s['warmup']} warm-up calls; rows/s at batch 32.")

@@ -192,3 +192,32 @@ def test_compare_names_the_model_whose_labels_do_not_fit(tmp_path):
                                            r"but the data has 2"):
         compare({"teacher": tiny_model(), "student": three}, tok, rows, task="sequence",
                 label_names=["negative", "positive"], out_dir=tmp_path, **FAST)
+
+
+def test_paired_bootstrap_matches_the_normal_approximation_and_its_edges():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 2000)
+    a = np.where(rng.random(2000) < 0.80, y, 1 - y)
+    b = np.where(rng.random(2000) < 0.75, y, 1 - y)
+    pa, pb = (ev.Predictions("sequence", y, p, np.arange(2000)) for p in (a, b))
+    test = ev.paired_bootstrap(pa, pb, ["n", "p"], n_boot=4000, seed=1)
+    d = (a == y).astype(float) - (b == y).astype(float)  # per-row paired difference in accuracy
+    se = d.std() / np.sqrt(len(d))
+    assert test["diff"] == pytest.approx(d.mean())
+    assert test["ci95"] == pytest.approx([d.mean() - 1.96 * se, d.mean() + 1.96 * se], abs=0.004)
+    assert test["p_value"] < 0.01 and test["unit"] == "row"
+    same = ev.paired_bootstrap(pa, pa, ["n", "p"], n_boot=500)
+    assert same["diff"] == 0 and same["p_value"] == 1.0
+
+
+def test_paired_bootstrap_resamples_sentences_for_entity_f1():
+    gold = [["B-PER", "I-PER", "O"], ["O", "B-LOC"], ["B-PER", "O"]] * 40
+    good = [["B-PER", "I-PER", "O"], ["O", "B-LOC"], ["B-PER", "O"]] * 40
+    bad = [["B-PER", "O", "O"], ["O", "B-LOC"], ["O", "O"]] * 40
+    ids = {t: i for i, t in enumerate(TAGS)}
+    flat = lambda s: np.array([ids[t] for row in s for t in row])  # noqa: E731
+    group = np.repeat(np.arange(120), [3, 2, 2] * 40)
+    pa, pb = (ev.Predictions("token", flat(gold), flat(p), group) for p in (good, bad))
+    test = ev.paired_bootstrap(pa, pb, TAGS, n_boot=1000)
+    assert test["unit"] == "sentence" and test["diff"] == pytest.approx(1.0 - seqeval_f1(gold, bad))
+    assert test["p_value"] == pytest.approx(1 / 1000) and test["ci95"][0] > 0
