@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -93,3 +95,17 @@ def config(**changes) -> TrainerConfig:
     base = dict(epochs=2, lr=1e-3, warmup_ratio=0.0, log_every=2, keep_last=2, teacher_cache=False)
     base.update(changes)
     return TrainerConfig(**base)
+
+
+class SignalAt(KDTestLoss):
+    """Sends this process ``sig`` during the forward of call ``n``: a fault at an exact step, no clock."""
+
+    def __init__(self, n: int, sig: int):
+        super().__init__()
+        self.n, self.sig, self.calls = n, sig, 0
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), self.sig)
+        return super().forward(student, teacher, batch)

@@ -16,18 +16,6 @@ import distill.engine
 from tests import engine_helpers as H
 
 
-class DieAt(H.KDTestLoss):
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def forward(self, student, teacher, batch):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGKILL)  # no clean exit, no finally blocks
-        return super().forward(student, teacher, batch)
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     out, args = sys.argv[1], sys.argv[2:]
@@ -39,7 +27,8 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         distill.engine.save_checkpoint = save_then_die
-    loss = DieAt(int(args[args.index("--kill-at-batch") + 1])) if "--kill-at-batch" in args else H.KDTestLoss()
+    loss = H.SignalAt(int(args[args.index("--kill-at-batch") + 1]), signal.SIGKILL) if "--kill-at-batch" in args \
+        else H.KDTestLoss()
     cache = args[args.index("--cache") + 1] if "--cache" in args else None
     teacher, student = H.models(dropout=0.1)  # dropout on: the RNG state must be restored too
     train_loader, val_loader = H.loaders()

@@ -202,20 +202,6 @@ def test_resumed_run_logs_each_step_once(tmp_path):
     assert [k for k in keys if k[1]] == [(6, True), (12, True)]
 
 
-class InterruptAt(H.KDTestLoss):
-    """Sends this process SIGINT (Ctrl-C) during the forward of call ``n``: no clock involved."""
-
-    def __init__(self, n):
-        super().__init__()
-        self.n, self.calls = n, 0
-
-    def forward(self, student, teacher, batch):
-        self.calls += 1
-        if self.calls == self.n:
-            os.kill(os.getpid(), signal.SIGINT)
-        return super().forward(student, teacher, batch)
-
-
 def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_path):
     def run(out, loss):
         teacher, student = H.models(dropout=0.1)
@@ -225,7 +211,7 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
 
     full = run(tmp_path / "full", H.KDTestLoss())["student"].state_dict()
     with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
-        run(tmp_path / "cut", InterruptAt(3))
+        run(tmp_path / "cut", H.SignalAt(3, signal.SIGINT))
     assert [p.name for p in distill.checkpoint.checkpoints(tmp_path / "cut")] == ["step_00000003"]
     resumed = run(tmp_path / "cut", H.KDTestLoss())
     assert resumed["steps"] == 12
