@@ -2,7 +2,8 @@
 
     distill train recipe=NAME [key=value ...]      one training run (KD or fine-tuning), Hydra overrides
     distill pipeline recipe=NAME [key=value ...]   fine-tune teacher → distill → no-KD baseline → compare → export
-    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] data=NAME [out=DIR] [threads=N] [max_length=N]
+    distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] [baseline=DIR] data=NAME [out=DIR] [threads=N]
+                    [max_length=N]
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
                    [max_length=N]  (default: the run's or data's data.max_length)
     distill recipes                                 list the ready recipes
@@ -170,12 +171,18 @@ def compare_cmd(args: list[str]) -> None:
         if "teacher" not in kv or "students" not in kv or "data" not in kv:
             raise DistillError("compare needs run=RUN_DIR, or teacher=DIR students=[DIR,...] data=NAME")
         students = kv["students"] if isinstance(kv["students"], list) else [kv["students"]]
-        models = {"teacher": kv["teacher"], **dict(zip(_short_names(students), students))}
-        (data, max_length), baseline, out = _data(kv["data"], kv), None, kv.get("out", "compare")
+        names = dict(zip(students, _short_names(students)))
+        models = {"teacher": kv["teacher"], **{name: path for path, name in names.items()}}
+        if kv.get("baseline") not in (None, *students):
+            raise DistillError(f"baseline={kv['baseline']} is not one of students={students}")
+        baseline = names.get(kv.get("baseline"))  # each student is also tested against it (paired)
+        (data, max_length), out = _data(kv["data"], kv), kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
                      split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None,
                      max_length=int(kv.get("max_length", max_length)))
     print(markdown_table(report))
+    for line in report["notes"]:
+        print(f"- {line}")
     print(f"report: {Path(out) / 'report.md'}")
 
 

@@ -272,3 +272,18 @@ def test_recipes_into_a_closed_pipe_exits_quietly():
                          stderr=subprocess.PIPE, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     os.close(write)
     assert run.returncode == 0 and run.stderr == ""
+
+
+def test_compare_teacher_students_baseline_as_the_readme_shows(tmp_path):
+    trained = _cli("train", "teacher=tiny", "student=tiny", "data=tiny", "trainer.max_steps=4",
+                   f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    student, best = tmp_path / "run" / "student", tmp_path / "run" / "best"  # the same weights (best = last here)
+    run = _cli("compare", f"teacher={student}", f"students=[{student},{best}]", f"baseline={best}", "data=tiny",
+               f"out={tmp_path / 'cmp'}", "threads=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "cmp" / "report.json").read_text())
+    assert report["baseline"] == "best" and set(report["models"]) == {"teacher", "student", "best"}
+    boot = report["models"]["student"]["paired_bootstrap"]["vs_best"]
+    assert boot["diff"] == 0 and boot["p_value"] == 1.0
+    assert "student vs best: paired bootstrap over rows" in run.stdout
