@@ -123,8 +123,14 @@ def trim_log(log_file: Path, step: int) -> None:
     """Drop the rows a resumed run will log again: those after the checkpoint it resumes from."""
     if not log_file.is_file():
         return
+    def logged_at(line: str) -> int | None:  # a line torn by a kill mid-write is dropped with the rest
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return None
+
     lines = log_file.read_text().splitlines()
-    keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+    keep = [line for line in lines if (at := logged_at(line)) is not None and at <= step]
     if len(keep) != len(lines):
         tmp = log_file.with_suffix(".tmp")
         tmp.write_text("".join(line + "\n" for line in keep))

@@ -192,6 +192,8 @@ def test_resumed_run_logs_each_step_once(tmp_path):
     import shutil
 
     shutil.rmtree(distill.checkpoint.checkpoints(tmp_path)[-1])  # as if killed before the last checkpoint
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 12, "train/lo')  # ... and mid-way through writing a row
     teacher, student = H.models()
     train_loader, val_loader = H.loaders()
     train(H.config(epochs=2), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence", "ab",
