@@ -188,14 +188,19 @@ def _from_stats(task: str, totals: np.ndarray) -> dict[str, np.ndarray]:
     return {"accuracy": div(totals[..., 0], n), "macro_f1": div(f1.sum(-1), present.sum(-1).astype(float))}
 
 
+def _resamples(units: int, n_boot: int, seed: int, chunk: int):
+    """Resample counts of ``units`` units with replacement, ``chunk`` resamples at a time: (chunk, G)
+    matrices keep memory bounded."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_boot, chunk):
+        yield rng.multinomial(units, np.full(units, 1.0 / units), size=min(chunk, n_boot - start))
+
+
 def bootstrap(pred: Predictions, label_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict[str, tuple[float, float]]:
     """Percentile ``level`` interval of every metric, resampling rows (or sentences) with replacement."""
     stats = _group_stats(pred, label_names)  # (G, S)
-    G, rng, draws = len(stats), np.random.default_rng(seed), []
-    for start in range(0, n_boot, 100):  # (chunk, G) count matrices keep memory bounded
-        counts = rng.multinomial(G, np.full(G, 1.0 / G), size=min(100, n_boot - start))
-        draws.append(counts @ stats)  # (chunk, S) resampled totals
+    draws = [counts @ stats for counts in _resamples(len(stats), n_boot, seed, chunk=100)]  # (chunk, S) totals
     boot = _from_stats(pred.task, np.concatenate(draws))
     lo, hi = 50 * (1 - level), 50 * (1 + level)
     return {k: (float(np.percentile(v, lo)), float(np.percentile(v, hi))) for k, v in boot.items()}
@@ -210,13 +215,10 @@ def paired_bootstrap(a: Predictions, b: Predictions, label_names: Sequence[str],
     sa, sb = _group_stats(a, label_names), _group_stats(b, label_names)  # (G, S) each, same units
     if sa.shape != sb.shape:
         raise DistillError("the paired bootstrap needs both models scored on the same rows; evaluate them on one split")
-    key, G, rng = main_metric(a.task), len(sa), np.random.default_rng(seed)
+    key = main_metric(a.task)
     observed = float(_from_stats(a.task, sa.sum(0))[key] - _from_stats(b.task, sb.sum(0))[key])
-    diffs = []
-    for start in range(0, n_boot, 500):
-        counts = rng.multinomial(G, np.full(G, 1.0 / G), size=min(500, n_boot - start))  # (chunk, G)
-        diffs.append(_from_stats(a.task, counts @ sa)[key] - _from_stats(b.task, counts @ sb)[key])
-    diffs = np.concatenate(diffs)
+    diffs = np.concatenate([_from_stats(a.task, counts @ sa)[key] - _from_stats(b.task, counts @ sb)[key]
+                            for counts in _resamples(len(sa), n_boot, seed, chunk=500)])
     p = 2 * min((diffs <= 0).mean(), (diffs >= 0).mean())
     return {"diff": observed, "ci95": [float(np.percentile(diffs, 2.5)), float(np.percentile(diffs, 97.5))],
             "p_value": float(min(1.0, max(p, 1.0 / n_boot))), "n_boot": n_boot,
