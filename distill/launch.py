@@ -45,6 +45,15 @@ def single_cpu_process_of_several() -> bool:
     return use_cpu and "MASTER_ADDR" in os.environ and "WORLD_SIZE" not in os.environ
 
 
+def launcher_mixed_precision() -> str:
+    """The precision accelerate picks when the config leaves it null (``accelerate launch`` sets the env)."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+
+
+def launcher_grad_accum() -> int:
+    return int(os.environ.get("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "1"))
+
+
 def state() -> PartialState:
     """The process state every part of a run shares (the engine's Accelerator reuses it)."""
     return PartialState(cpu=cpu_only())

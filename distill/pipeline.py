@@ -22,6 +22,7 @@ from distill.run import run_training
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
+BOOKKEEPING = {"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last", "log_every"}
 CONTROL = "student (augmented, gold labels, no KD)"
 
 
@@ -33,9 +34,7 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
     """Run (or reuse) one training stage; returns its directory."""
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if cfg.get(k) is not None else None
                 for k in STAGE_KEYS}
-    if resolved["trainer"] is not None and "cache_dir" in resolved["trainer"]:
-        resolved["trainer"]["cache_dir"] = None  # where teacher logits are cached does not change the result
-    key = hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps(stage_identity(resolved), sort_keys=True).encode()).hexdigest()[:12]
     out = root / f"{name}-{key}"
     if (out / "metrics.json").is_file():
         log.info("stage %s: reusing %s (same resolved config)", name, out)
@@ -48,6 +47,21 @@ def stage(name: str, cfg: DictConfig, root: Path) -> Path:
     run_training(cfg, out)
     state.wait_for_everyone()  # rank 0 writes metrics.json, which the next stage reads
     return out
+
+
+def stage_identity(resolved: dict) -> dict:
+    """What decides a stage's result: the resolved config less the bookkeeping keys (where and how it
+    logs, caches, keeps checkpoints), with the launcher's precision and accumulation where the config
+    leaves them to it — a stage trained under ``accelerate launch --mixed_precision bf16`` is another stage."""
+    trainer = resolved.get("trainer")
+    if trainer is None:
+        return resolved
+    trainer = {k: v for k, v in trainer.items() if k not in BOOKKEEPING}
+    if trainer.get("mixed_precision", "no") is None:
+        trainer["mixed_precision"] = launch.launcher_mixed_precision()
+    if trainer.get("grad_accum", 1) is None:
+        trainer["grad_accum"] = launch.launcher_grad_accum()
+    return {**resolved, "trainer": trainer}
 
 
 def teacher_stage_config(cfg: DictConfig) -> DictConfig:

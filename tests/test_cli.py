@@ -90,10 +90,26 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert {"teacher", "student (KD)", "student (no KD)"} <= set(report["models"])
     assert (tmp_path / "a" / "export" / "onnx").is_dir()
-    second = _cli(*args, f"hydra.run.dir={tmp_path / 'b'}")
+    # where and how a stage logs does not make it another stage
+    second = _cli(*args, "trainer.log_every=3", "trainer.tags=[again]", f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("reusing") == 3  # teacher fine-tuned once, nothing retrained
     assert len(list((tmp_path / "stages").iterdir())) == 4  # 3 stages + the shared teacher cache
+
+
+def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypatch):
+    from distill.pipeline import stage_identity
+
+    def identity(**trainer):
+        return stage_identity({"student": {"layers": 2}, "trainer": {"lr": 1e-4, **trainer}})
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.delenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", raising=False)
+    plain = identity(mixed_precision=None, grad_accum=None)
+    assert plain == identity(mixed_precision="no", grad_accum=1, log_every=5, tags=["x"], run_name="r", resume="never")
+    assert plain != identity(mixed_precision="bf16", grad_accum=1) != identity(mixed_precision="no", grad_accum=2)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
+    assert identity(mixed_precision=None, grad_accum=None) == identity(mixed_precision="bf16", grad_accum=1)
 
 
 def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path):
