@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -189,6 +189,258 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, labe
     return metrics(pred, label_names)
 
 
+@dataclass
+class LoopState:
+    """Where the loop stands; saved with every checkpoint and restored on resume."""
+
+    global_step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    best: float | None = None  # best validation value of the main metric, and its step
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations in a row without a new best (early stopping)
+    nonfinite: int = 0  # steps skipped for a non-finite loss
+    teacher_calls: int = 0  # teacher forwards (the rest came from the logits cache)
+    eval_step: int | None = None  # the last evaluated step: the end does not evaluate it again
+
+    @classmethod
+    def restored(cls, saved: dict | None) -> LoopState:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (saved or {}).items() if k in known})
+
+
+@dataclass
+class TeacherTargets:
+    """The teacher's outputs for a batch: from the logits cache when it holds them, else one no-grad
+    forward (stored in the cache, and handed on fp16-rounded as the cache hands them back later, so a
+    resumed run learns from the same targets whichever epoch it restarts in)."""
+
+    teacher: nn.Module
+    flags: dict  # what the teacher returns: only what the losses read
+    cache: TeacherCache | None
+    accelerator: Accelerator
+    task: str
+
+    def __call__(self, batch: dict, state: LoopState) -> ModelOutputs:
+        if self.cache is not None:
+            hit = self.cache.get(batch["idx"], batch["input_ids"].shape[1] if self.task == "token" else None)
+            if hit is not None:
+                return ModelOutputs(logits=hit.to(self.accelerator.device), attention_mask=batch["attention_mask"])
+        state.teacher_calls += 1
+        with torch.no_grad(), self.accelerator.autocast():
+            out = self.teacher(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, **self.flags)
+        if self.cache is None:
+            return out
+        self.cache.put(batch["idx"], out.logits)
+        return replace(out, logits=out.logits.half().float())
+
+    def flush(self) -> None:
+        if self.cache is not None:
+            self.cache.flush()
+
+
+def teacher_targets(cfg: TrainerConfig, accelerator: Accelerator, loss: nn.Module, teacher: nn.Module | None,
+                    dataset, task: str, cache_key: str | None, out: Path) -> TeacherTargets | None:
+    """None when no loss reads the teacher; a logits cache when the losses read logits only."""
+    if teacher is None or not loss.uses_teacher:
+        return None
+    teacher = teacher.to(accelerator.device).eval().requires_grad_(False)  # never prepared: no DDP, no optimizer
+    map_layers = getattr(loss, "teacher_map_layers", None)  # optional in a hand-made loss module
+    cache = None
+    if cfg.teacher_cache and cache_key and loss.needs <= {"logits"}:
+        c = teacher.config.num_labels  # token rows: as long as the longest tokenized row, not max_position_embeddings
+        shape = (c,) if task == "sequence" else (max(lengths(dataset)), c)
+        with accelerator.main_process_first():
+            cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, len(dataset), shape)
+    return TeacherTargets(teacher, flags(loss.needs, map_layers() if map_layers else None), cache, accelerator, task)
+
+
+class MetricsLog:
+    """Every logged row: kept for the summary, sent to the trackers, appended to ``metrics.jsonl``
+    (main process) — which first loses the rows after the step a resumed run restarts from."""
+
+    def __init__(self, accelerator: Accelerator, path: Path, start_step: int):
+        self.accelerator, self.path, self.history = accelerator, path, []
+        if accelerator.is_main_process:
+            trim_log(path, start_step)
+
+    def record(self, step: int, values: dict) -> None:
+        values = {"step": step, **values}
+        self.history.append(values)
+        self.accelerator.log(values, step=step)
+        if self.accelerator.is_main_process:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(values) + "\n")
+
+
+class TrainWindow:
+    """Mean training losses and samples/s since the last logged step."""
+
+    def __init__(self):
+        self.sums, self.count, self.seen, self.t0 = {}, 0, 0, time.perf_counter()
+
+    def add(self, values: dict, rows: int) -> None:
+        for name, value in values.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+        self.count, self.seen = self.count + 1, self.seen + rows
+
+    def close(self) -> tuple[dict, float]:
+        """The window's means and samples/s; a new window starts."""
+        means = {f"train/{k}": v / self.count for k, v in self.sums.items()}
+        rate = self.seen / (time.perf_counter() - self.t0)
+        self.__init__()
+        return means, rate
+
+
+@dataclass
+class Evaluation:
+    """Validation: the best weights go to ``best_dir``; True when early stopping's patience ran out."""
+
+    accelerator: Accelerator
+    student: nn.Module
+    loader: object
+    task: str
+    label_names: object
+    best_dir: Path
+    patience: int | None
+
+    def __call__(self, state: LoopState, metrics_log: MetricsLog) -> bool:
+        state.eval_step = state.global_step
+        values = evaluate(self.accelerator, self.student, self.loader, self.task, self.label_names)
+        key = main_metric(self.task)
+        if state.best is None or values[key] > state.best:
+            state.best, state.best_step, state.bad_evals = values[key], state.global_step, 0
+            if self.accelerator.is_main_process:
+                from distill.models.hub import save_pretrained
+                save_pretrained(self.student, self.best_dir)
+        else:
+            state.bad_evals += 1
+        metrics_log.record(state.global_step, {f"eval/{k}": v for k, v in values.items()})
+        return self.patience is not None and state.bad_evals >= self.patience
+
+
+@dataclass
+class Checkpoints:
+    """Saves the loop at a step (once per step): weights, optimizer, scheduler, RNG, ``LoopState``."""
+
+    accelerator: Accelerator
+    out: Path
+    keep_last: int
+    settings: dict  # the run's flat config, checked when a run resumes from it
+    last_step: int | None = None
+
+    def __call__(self, state: LoopState) -> None:
+        if self.last_step != state.global_step:
+            self.last_step = state.global_step
+            save_checkpoint(self.accelerator, self.out, asdict(state), self.keep_last, self.settings)
+
+
+def make_optimizer(module: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only (not biases or LayerNorm); fused: one kernel over all
+    tensors instead of one per tensor — a quarter of a CPU KD step otherwise updates the word embeddings."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (decay if p.ndim > 1 and "LayerNorm" not in name else no_decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
+
+
+@dataclass
+class Loop:
+    """The prepared objects of one training run; ``run(state)`` trains until ``total`` optimizer steps."""
+
+    cfg: TrainerConfig
+    accelerator: Accelerator
+    module: nn.Module  # student + loss, prepared (DDP-wrapped with several processes)
+    loss: nn.Module  # its loss, unwrapped
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    total: int
+    targets: TeacherTargets | None
+    evaluation: Evaluation | None
+    metrics_log: MetricsLog
+    save: Checkpoints
+
+    def step(self, batch: dict, state: LoopState) -> dict | None:
+        """Forward, backward and (at an accumulation boundary) an optimizer step; the loss parts, or
+        None when the loss was not finite on some process (every process then skips the batch)."""
+        with self.accelerator.accumulate(self.module):
+            teacher_out = self.targets(batch, state) if self.targets is not None else None
+            loss, parts = self.module(batch, teacher_out)
+            if self.accelerator.reduce(torch.isfinite(loss.detach()).float(), "min").item() == 0:
+                self.optimizer.zero_grad(set_to_none=True)
+                return None
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
+                self.accelerator.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return {"loss": loss.detach(), **parts}
+
+    def run(self, state: LoopState, bar: tqdm) -> None:
+        cfg, stop, in_a_row, window = self.cfg, False, 0, TrainWindow()
+        rows = 1 if cfg.split_batches else self.accelerator.num_processes  # rows a batch holds, summed over processes
+        with StopRequest() as stop_request:
+            while state.global_step < self.total and not stop:
+                self.loader.set_epoch(state.epoch)
+                skip = state.batches_in_epoch  # a resumed epoch goes on where its checkpoint was
+                for batch in self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader:
+                    state.batches_in_epoch += 1
+                    self.loss.set_progress(state.global_step, self.total)
+                    parts = self.step(batch, state)
+                    if parts is None:
+                        state.nonfinite, in_a_row = state.nonfinite + 1, in_a_row + 1
+                        self.nonfinite_warning(state, in_a_row)
+                        continue
+                    in_a_row = 0
+                    window.add(parts, batch["input_ids"].shape[0] * rows)
+                    if not self.accelerator.sync_gradients:
+                        continue
+                    state.global_step += 1
+                    bar.update(1)
+                    stop = self.after_step(state, window, bar)
+                    if stop or state.global_step >= self.total:
+                        break
+                    if stop_request.agreed(self.accelerator):  # Ctrl-C / SIGTERM: a checkpoint here, then one line
+                        self.interrupted(state)
+                else:  # the loader ran out (possible when non-finite steps were skipped)
+                    if state.batches_in_epoch:
+                        state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+    def after_step(self, state: LoopState, window: TrainWindow, bar: tqdm) -> bool:
+        """Log, evaluate, close the epoch, checkpoint — each when its setting says; True: stop early."""
+        cfg, step, stop = self.cfg, state.global_step, False
+        if step % cfg.log_every == 0 or step == self.total:
+            values, rate = window.close()
+            values.update({"train/lr": self.scheduler.get_last_lr()[0], "train/samples_per_s": rate,
+                           "train/nonfinite": state.nonfinite})
+            self.metrics_log.record(step, values)
+            bar.set_postfix(loss=f"{values['train/loss']:.4f}", sps=f"{rate:.0f}")
+        end_of_epoch = state.batches_in_epoch >= len(self.loader)
+        if self.evaluation is not None and (step % cfg.eval_every == 0 if cfg.eval_every else end_of_epoch):
+            stop = self.evaluation(state, self.metrics_log)
+        if end_of_epoch:
+            state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+        if step % cfg.save_every == 0 if cfg.save_every else end_of_epoch:
+            self.save(state)
+        return stop
+
+    def nonfinite_warning(self, state: LoopState, in_a_row: int) -> None:
+        log.warning("non-finite loss at step %d skipped (%d in a row)", state.global_step, in_a_row)
+        if in_a_row >= self.cfg.max_nonfinite:
+            raise DistillError(f"{in_a_row} non-finite losses in a row at step {state.global_step}; lower trainer.lr, "
+                               "use mixed_precision=bf16 instead of fp16, or check the data for empty rows")
+
+    def interrupted(self, state: LoopState) -> None:
+        if self.targets is not None:
+            self.targets.flush()
+        self.save(state)
+        raise DistillError(f"interrupted at step {state.global_step}: checkpoint saved in "
+                           f"{self.save.out / 'checkpoints'}; run the same command again to resume")
+
+
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
           task: str, label_names=(), teacher: nn.Module | None = None, cache_key: str | None = None,
           run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None) -> dict:
@@ -203,13 +455,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
     module = StudentWithLoss(student, loss)
-    decay, no_decay = [], []  # weight decay on matrices only, not on biases or LayerNorm
-    for name, p in module.named_parameters():
-        (decay if p.ndim > 1 and "LayerNorm" not in name else no_decay).append(p)
-    # fused: one kernel over all tensors instead of one per tensor — a quarter of a CPU KD step
-    # otherwise goes to updating the word embeddings
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=True)
+    optimizer = make_optimizer(module, cfg)
     accum = accelerator.gradient_accumulation_steps
     per_epoch = math.ceil(len(train_loader) / (accelerator.num_processes if not cfg.split_batches else 1) / accum)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * per_epoch))
@@ -222,159 +468,41 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
              "(distributed: %s)", accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
              train_loader.total_batch_size // accelerator.num_processes, train_loader.total_batch_size, accum,
              accelerator.distributed_type.value)
-    if teacher is not None:  # outside prepare: never wrapped by DDP, never in the optimizer
-        teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
-    map_layers = getattr(plain.loss, "teacher_map_layers", None)  # optional in a hand-made loss module
-    teacher_flags = flags(plain.loss.needs, map_layers() if map_layers else None)  # only the maps read
-    cache = None
-    if teacher is not None and cfg.teacher_cache and cache_key and plain.loss.needs <= {"logits"}:
-        n, c = len(train_loader.dataset), teacher.config.num_labels
-        # token rows: as long as the longest tokenized row, not max_position_embeddings
-        shape = (c,) if task == "sequence" else (max(lengths(train_loader.dataset)), c)
-        with accelerator.main_process_first():
-            cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, n, shape)
+    targets = teacher_targets(cfg, accelerator, plain.loss, teacher, train_loader.dataset, task, cache_key, out)
     settings = flat_scalars(run_config or asdict(cfg))  # checked on resume, given to the trackers
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
         wandb = {"mode": cfg.wandb_mode, "dir": str(out), "name": cfg.run_name or out.name, "tags": list(cfg.tags)}
-        accelerator.init_trackers(cfg.project, config=settings,
-                                  init_kwargs={"wandb": wandb})
-    state = {"global_step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None, "best_step": None,
-             "bad_evals": 0, "nonfinite": 0, "teacher_calls": 0}
-    state.update(resume(accelerator, out, cfg.resume, settings) or {})
-    history, in_a_row, stop = [], 0, False
-    log_file = out / "metrics.jsonl"
-    if accelerator.is_main_process:
-        trim_log(log_file, state["global_step"])
-
-    def teacher_outputs(batch):
-        if not plain.loss.uses_teacher:
-            return None
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        if cache is not None:
-            hit = cache.get(batch["idx"], batch["input_ids"].shape[1] if task == "token" else None)
-            if hit is not None:
-                return ModelOutputs(logits=hit.to(accelerator.device), attention_mask=batch["attention_mask"])
-        state["teacher_calls"] += 1
-        with torch.no_grad(), accelerator.autocast():
-            t_out = teacher(**inputs, **teacher_flags)
-        if cache is not None:
-            cache.put(batch["idx"], t_out.logits)
-            # learn from what the cache hands back later (fp16): the same targets whichever epoch or resume
-            t_out = replace(t_out, logits=t_out.logits.half().float())
-        return t_out
-
-    def evaluate_and_track():
-        if eval_loader is None:
-            return False
-        state["eval_step"] = state["global_step"]
-        metrics = evaluate(accelerator, plain.student, eval_loader, task, label_names)
-        key = main_metric(task)
-        if state["best"] is None or metrics[key] > state["best"]:
-            state.update(best=metrics[key], best_step=state["global_step"], bad_evals=0)
-            if accelerator.is_main_process:
-                from distill.models.hub import save_pretrained
-                save_pretrained(plain.student, out / "best")
-        else:
-            state["bad_evals"] += 1
-        record({f"eval/{k}": v for k, v in metrics.items()})
-        return cfg.early_stopping_patience is not None and state["bad_evals"] >= cfg.early_stopping_patience
-
-    def record(values: dict):
-        values = {"step": state["global_step"], **values}
-        history.append(values)
-        accelerator.log(values, step=state["global_step"])
-        if accelerator.is_main_process:
-            with open(log_file, "a") as f:
-                f.write(json.dumps(values) + "\n")
-
-    def checkpoint():
-        if state.get("saved_step") != state["global_step"]:
-            state["saved_step"] = state["global_step"]
-            save_checkpoint(accelerator, out, state, cfg.keep_last, settings)
-
+        accelerator.init_trackers(cfg.project, config=settings, init_kwargs={"wandb": wandb})
+    state = LoopState.restored(resume(accelerator, out, cfg.resume, settings))
+    evaluation = None if eval_loader is None else Evaluation(
+        accelerator, plain.student, eval_loader, task, label_names, out / "best", cfg.early_stopping_patience)
+    loop = Loop(cfg, accelerator, module, plain.loss, optimizer, scheduler, train_loader, total, targets, evaluation,
+                MetricsLog(accelerator, out / "metrics.jsonl", state.global_step),
+                Checkpoints(accelerator, out, cfg.keep_last, settings))
     module.train()
-    bar = tqdm(total=total, initial=state["global_step"], disable=not accelerator.is_local_main_process,
+    bar = tqdm(total=total, initial=state.global_step, disable=not accelerator.is_local_main_process,
                desc="distill" if teacher is not None else "fine-tune")
-    sums, count, t0, seen = {}, 0, time.perf_counter(), 0
-    with StopRequest() as stop_request:
-        while state["global_step"] < total and not stop:
-            train_loader.set_epoch(state["epoch"])
-            loader = accelerator.skip_first_batches(train_loader, state["batches_in_epoch"]) \
-                if state["batches_in_epoch"] else train_loader
-            for batch in loader:
-                state["batches_in_epoch"] += 1
-                plain.loss.set_progress(state["global_step"], total)
-                with accelerator.accumulate(module):
-                    teacher_out = teacher_outputs(batch)
-                    loss_value, parts = module(batch, teacher_out)
-                    finite = accelerator.reduce(torch.isfinite(loss_value.detach()).float(), "min")
-                    if finite.item() == 0:  # every process skips the same step
-                        state["nonfinite"] += 1
-                        in_a_row += 1
-                        log.warning("non-finite loss at step %d skipped (%d in a row)", state["global_step"], in_a_row)
-                        optimizer.zero_grad(set_to_none=True)
-                        if in_a_row >= cfg.max_nonfinite:
-                            raise DistillError(
-                                f"{in_a_row} non-finite losses in a row at step {state['global_step']}; lower "
-                                "trainer.lr, use mixed_precision=bf16 instead of fp16, or check the data for empty "
-                                "rows")
-                        continue
-                    in_a_row = 0
-                    accelerator.backward(loss_value)
-                    if accelerator.sync_gradients and cfg.max_grad_norm:
-                        accelerator.clip_grad_norm_(module.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for name, value in {"loss": loss_value.detach(), **parts}.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
-                count += 1
-                seen += batch["input_ids"].shape[0] * (1 if cfg.split_batches else accelerator.num_processes)
-                if not accelerator.sync_gradients:
-                    continue
-                state["global_step"] += 1
-                bar.update(1)
-                step = state["global_step"]
-                if step % cfg.log_every == 0 or step == total:
-                    rate = seen / (time.perf_counter() - t0)
-                    values = {f"train/{k}": v / count for k, v in sums.items()}
-                    values.update({"train/lr": scheduler.get_last_lr()[0], "train/samples_per_s": rate,
-                                   "train/nonfinite": state["nonfinite"]})
-                    record(values)
-                    bar.set_postfix(loss=f"{values['train/loss']:.4f}", sps=f"{rate:.0f}")
-                    sums, count, t0, seen = {}, 0, time.perf_counter(), 0
-                end_of_epoch = state["batches_in_epoch"] >= len(train_loader)
-                if (cfg.eval_every and step % cfg.eval_every == 0) or (not cfg.eval_every and end_of_epoch):
-                    stop = evaluate_and_track()
-                if end_of_epoch:
-                    state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
-                if (cfg.save_every and step % cfg.save_every == 0) or (not cfg.save_every and end_of_epoch):
-                    checkpoint()
-                if stop or step >= total:
-                    break
-                if stop_request.agreed(accelerator):  # Ctrl-C / SIGTERM: a checkpoint at this step, then one line
-                    if cache is not None:
-                        cache.flush()
-                    checkpoint()
-                    raise DistillError(f"interrupted at step {step}: checkpoint saved in {out / 'checkpoints'}; "
-                                       "run the same command again to resume")
-            else:  # the loader ran out (possible when non-finite steps were skipped)
-                if state["batches_in_epoch"]:
-                    state.update(epoch=state["epoch"] + 1, batches_in_epoch=0)
+    loop.run(state, bar)
     bar.close()
-    if cache is not None:
-        cache.flush()
-    if state.get("eval_step") != state["global_step"]:
-        evaluate_and_track()
-    checkpoint()
-    if cfg.load_best_at_end and (out / "best").is_dir():
+    return finish(loop, state, plain.student, out, final_metrics)
+
+
+def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_metrics) -> dict:
+    """The last evaluation and checkpoint, the best weights back in ``student``, test metrics to the trackers."""
+    accelerator = loop.accelerator
+    if loop.targets is not None:
+        loop.targets.flush()
+    if loop.evaluation is not None and state.eval_step != state.global_step:
+        loop.evaluation(state, loop.metrics_log)
+    loop.save(state)
+    if loop.cfg.load_best_at_end and (out / "best").is_dir():
         from distill.models.hub import load_state_dict, load_weights
-        load_weights(plain.student, load_state_dict(out / "best"), str(out / "best"))
-    final = final_metrics(plain.student) if final_metrics is not None and accelerator.is_main_process else None
+        load_weights(student, load_state_dict(out / "best"), str(out / "best"))
+    final = final_metrics(student) if final_metrics is not None and accelerator.is_main_process else None
     if final:
         accelerator.log({f"test/{k}": v for k, v in flat_scalars(final).items() if isinstance(v, int | float)},
-                        step=state["global_step"])
+                        step=state.global_step)
     accelerator.end_training()
-    return {"final": final, "steps": state["global_step"], "best": state["best"], "best_step": state["best_step"],
-            "nonfinite": state["nonfinite"], "teacher_calls": state["teacher_calls"],
-            "num_processes": accelerator.num_processes, "history": history, "student": plain.student}
+    return {"final": final, "steps": state.global_step, "best": state.best, "best_step": state.best_step,
+            "nonfinite": state.nonfinite, "teacher_calls": state.teacher_calls,
+            "num_processes": accelerator.num_processes, "history": loop.metrics_log.history, "student": student}
