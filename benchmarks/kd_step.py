@@ -124,8 +124,8 @@ def engine_step_times(setup: Setup, loss_of, teacher=None, max_steps: int | None
                             teacher=teacher, cache_key=cache_key)
         records = [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
     rates = [r["train/samples_per_s"] for r in records if "train/samples_per_s" in r]
-    if len(rates) != summary["steps"]:
-        raise RuntimeError(f"expected one throughput record per step, got {len(rates)} for {summary['steps']}")
+    if len(rates) != summary.steps:
+        raise RuntimeError(f"expected one throughput record per step, got {len(rates)} for {summary.steps}")
     return [setup.batch / r for r in rates], summary
 
 
@@ -254,7 +254,7 @@ def main() -> None:
     def cached_run():
         times, summary = engine_step_times(setup, lambda s: kd_loss(s, teacher, hidden=False, attention=False),
                                            teacher=teacher, epochs=2, cache_key=key)
-        calls.add(summary["teacher_calls"])
+        calls.add(summary.teacher_calls)
         return times
 
     runs = interleave({"cached": cached_run, "plain": lambda: engine_step_times(setup, hard_loss, epochs=2)[0]},

@@ -441,13 +441,26 @@ class Loop:
                            f"{self.save.out / 'checkpoints'}; run the same command again to resume")
 
 
+@dataclass
+class TrainResult:
+    student: nn.Module  # with the kept weights (the best validation step's when load_best_at_end)
+    steps: int
+    best: float | None  # best validation value of the main metric, and its step
+    best_step: int | None
+    nonfinite: int
+    teacher_calls: int
+    num_processes: int
+    history: list[dict]  # every logged row, as in metrics.jsonl
+    final: dict | None  # final_metrics(student), main process only
+
+
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
           task: str, label_names=(), teacher: nn.Module | None = None, cache_key: str | None = None,
-          run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None) -> dict:
-    """Train ``student`` on ``loss`` (distillation when ``teacher`` is given). Returns a summary.
+          run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None) -> TrainResult:
+    """Train ``student`` on ``loss`` (distillation when ``teacher`` is given).
 
     ``final_metrics(student)`` (main process only), called on the kept weights at the end: its flat
-    scalars go to the trackers under ``test/`` and the dict into the summary as ``final``."""
+    scalars go to the trackers under ``test/`` and the dict into the result as ``final``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     accelerator = make_accelerator(cfg, out, find_unused=any(True for _ in loss.parameters()))
@@ -487,7 +500,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     return finish(loop, state, plain.student, out, final_metrics)
 
 
-def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_metrics) -> dict:
+def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_metrics) -> TrainResult:
     """The last evaluation and checkpoint, the best weights back in ``student``, test metrics to the trackers."""
     accelerator = loop.accelerator
     if loop.targets is not None:
@@ -503,6 +516,5 @@ def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_me
         accelerator.log({f"test/{k}": v for k, v in flat_scalars(final).items() if isinstance(v, int | float)},
                         step=state.global_step)
     accelerator.end_training()
-    return {"final": final, "steps": state.global_step, "best": state.best, "best_step": state.best_step,
-            "nonfinite": state.nonfinite, "teacher_calls": state.teacher_calls,
-            "num_processes": accelerator.num_processes, "history": loop.metrics_log.history, "student": student}
+    return TrainResult(student, state.global_step, state.best, state.best_step, state.nonfinite, state.teacher_calls,
+                       accelerator.num_processes, loop.metrics_log.history, final)

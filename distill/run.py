@@ -180,9 +180,9 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
                    run_config=OmegaConf.to_container(cfg, resolve=True), final_metrics=test_metrics)
     if not launch.state().is_main_process:  # every process trained; one writes the results
         return {}
-    save_pretrained(result["student"], out / "student", tokenizer)
-    summary = {"steps": result["steps"], "best_validation": result["best"], "nonfinite": result["nonfinite"],
-               "student_params": count_parameters(result["student"]), **result["final"]}
+    save_pretrained(result.student, out / "student", tokenizer)
+    summary = {"steps": result.steps, "best_validation": result.best, "nonfinite": result.nonfinite,
+               "student_params": count_parameters(result.student), **result.final}
     if teacher is not None and "teacher" in summary:
         summary["teacher_params"] = count_parameters(teacher)
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))

@@ -35,7 +35,7 @@ def main() -> None:
     cfg = H.config(epochs=2, save_every=3, load_best_at_end=False, teacher_cache=cache is not None, cache_dir=cache)
     result = distill.engine.train(cfg, student, loss, train_loader, val_loader, out, "sequence", ["a", "b"],
                                   teacher=teacher, cache_key="tiny" if cache else None)
-    save_file({k: v.contiguous() for k, v in result["student"].state_dict().items()},
+    save_file({k: v.contiguous() for k, v in result.student.state_dict().items()},
               os.path.join(out, "final.safetensors"))
 
 

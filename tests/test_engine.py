@@ -84,7 +84,7 @@ def test_crash_during_checkpoint_write_keeps_previous_loadable(tmp_path, monkeyp
     train_loader, val_loader = H.loaders()
     result = train(H.config(epochs=2), student, H.KDTestLoss(), train_loader, val_loader, tmp_path, "sequence",
                    "ab", teacher=teacher)
-    assert result["steps"] == 12  # resumed at 6, finished the second epoch
+    assert result.steps == 12  # resumed at 6, finished the second epoch
 
 
 class CountingTeacher(torch.nn.Module):
@@ -104,7 +104,7 @@ def _epoch_losses(tmp_path, name, cache):
     result = train(H.config(epochs=2, teacher_cache=cache, log_every=1, load_best_at_end=False), student,
                    H.KDTestLoss(), train_loader, val_loader, tmp_path / name, "sequence", "ab",
                    teacher=counting, cache_key="k1")
-    kd = [h["train/kd"] for h in result["history"] if "train/kd" in h]
+    kd = [h["train/kd"] for h in result.history if "train/kd" in h]
     return kd, counting.calls
 
 
@@ -134,9 +134,9 @@ def test_nonfinite_loss_is_skipped_then_stops(tmp_path, caplog):
     train_loader, val_loader = H.loaders()
     result = train(H.config(epochs=1), student, NaNOnBatches({2}), train_loader, val_loader, tmp_path / "one",
                    "sequence", "ab", teacher=teacher)
-    assert result["nonfinite"] == 1 and result["steps"] == 6  # the skipped batch is made up from epoch 2
+    assert result.nonfinite == 1 and result.steps == 6  # the skipped batch is made up from epoch 2
     assert "non-finite loss at step 1 skipped" in caplog.text
-    assert all(torch.isfinite(p).all() for p in result["student"].parameters())
+    assert all(torch.isfinite(p).all() for p in result.student.parameters())
     teacher, student = H.models()
     with pytest.raises(DistillError, match="3 non-finite losses in a row"):
         train(H.config(epochs=1, max_nonfinite=3), student, NaNOnBatches({2, 3, 4}), train_loader, val_loader,
@@ -148,8 +148,8 @@ def test_finetuning_without_teacher_learns_the_task(tmp_path):
     train_loader, val_loader = H.loaders(n=96)
     result = train(H.config(epochs=8, lr=3e-3), student, H.KDTestLoss(with_teacher=False), train_loader,
                    val_loader, tmp_path, "sequence", "ab")
-    assert result["teacher_calls"] == 0
-    assert result["best"] >= 0.8  # chance is 0.5
+    assert result.teacher_calls == 0
+    assert result.best >= 0.8  # chance is 0.5
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -180,7 +180,7 @@ def test_launcher_accumulation_applies_unless_the_config_sets_it(tmp_path, monke
     train_loader, val_loader = H.loaders()  # 6 batches
     result = train(H.config(epochs=1, grad_accum=grad_accum), student, H.KDTestLoss(), train_loader, val_loader,
                    tmp_path, "sequence", "ab", teacher=teacher)
-    assert result["steps"] == steps
+    assert result.steps == steps
 
 
 def test_resumed_run_logs_each_step_once(tmp_path):
@@ -211,11 +211,11 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
         return train(H.config(epochs=2, load_best_at_end=False), student, loss, train_loader, val_loader, out,
                      "sequence", "ab", teacher=teacher)
 
-    full = run(tmp_path / "full", H.KDTestLoss())["student"].state_dict()
+    full = run(tmp_path / "full", H.KDTestLoss()).student.state_dict()
     with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
         run(tmp_path / "cut", H.SignalAt(3, signal.SIGINT))
     assert [p.name for p in distill.checkpoint.checkpoints(tmp_path / "cut")] == ["step_00000003"]
     resumed = run(tmp_path / "cut", H.KDTestLoss())
-    assert resumed["steps"] == 12
-    assert all(torch.equal(full[k], v) for k, v in resumed["student"].state_dict().items())
+    assert resumed.steps == 12
+    assert all(torch.equal(full[k], v) for k, v in resumed.student.state_dict().items())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
