@@ -118,13 +118,21 @@ def _missing(cfg: DictConfig, prefix: str = ""):
             yield from _missing(cfg[key], f"{prefix}{key}.")
 
 
+def trainer_config(node: DictConfig):
+    """The trainer node, type-checked against TrainerConfig (wrong types → one line)."""
+    from distill.engine import TrainerConfig  # torch and accelerate load only when a run is configured
+
+    values = OmegaConf.to_container(node, resolve=True)
+    values.pop("_target_", None)
+    schema = OmegaConf.structured(TrainerConfig)
+    return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
+
+
 def check_values(cfg: DictConfig) -> None:
     """Missing required values (``???``) and trainer types, before any work starts."""
     missing = sorted(_missing(cfg))
     if missing:
         raise DistillError(f"missing required value {missing[0]}; add {missing[0]}=... to the command line")
-    from distill.run import trainer_config
-
     try:
         trainer_config(cfg.trainer)
     except OmegaConfBaseException as e:

@@ -71,7 +71,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     is_taskdata = hasattr(eval_data, "splits")
     names = list(label_names or (eval_data.label_names if is_taskdata else []))
     if names:
-        from distill.compare import check_labels
+        from distill.preflight import check_labels
 
         if len(names) != model.config.num_labels:
             raise DistillError(f"{len(names)} label names {names} for a model with {model.config.num_labels} "
@@ -95,7 +95,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
         results.append({"format": "trim_vocab", "path": None, "size_bytes": None, **report})
     eval_split = None
     if is_taskdata:
-        from distill.compare import eval_split as tokenized
+        from distill.preflight import eval_split as tokenized
 
         split = "validation" if "validation" in eval_data.splits else None
         eval_split = tokenized(eval_data, tokenizer, split=split, max_length=max_length)[0]

@@ -16,9 +16,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill import launch
+from distill.config_check import trainer_config
 from distill.data.collate import Collator, make_dataloader
 from distill.data.tokenize import summarize, tokenize
-from distill.engine import TrainerConfig, train
+from distill.engine import train
 from distill.errors import DistillError
 from distill.evaluate import metrics as task_metrics
 from distill.evaluate import predict, torch_forward
@@ -57,14 +58,6 @@ def check_compatible(teacher, student) -> None:
             raise DistillError(f"teacher {key}={t} but student {key}={s}; build the student from the teacher")
     if teacher.config.id2label != student.config.id2label:
         raise DistillError("teacher and student label names differ; fine-tune the teacher on this data first")
-
-
-def trainer_config(node: DictConfig) -> TrainerConfig:
-    """The trainer node, type-checked against TrainerConfig (wrong types → one line)."""
-    values = OmegaConf.to_container(node, resolve=True)
-    values.pop("_target_", None)
-    schema = OmegaConf.structured(TrainerConfig)
-    return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
 
 
 def check_classes(data) -> None:
@@ -158,7 +151,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         log.info("layer map\n%s", loss.dry_run_table(student.config, teacher.config))
     engine_teacher = teacher if loss.uses_teacher else None
     if engine_teacher is not None and "validation" in tokenized and data.task != "raw":
-        from distill.compare import teacher_preflight
+        from distill.preflight import teacher_preflight
 
         # a teacher whose head was never fine-tuned teaches noise: say so before hours of training
         check = teacher_preflight(teacher, tokenized["validation"], task=data.task, label_names=data.label_names)

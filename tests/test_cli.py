@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from distill.cli import main
-from distill.config_check import options, translate
+from distill.config_check import options, trainer_config, translate
 from distill.models.student import count_parameters
-from distill.run import build_models, check_compatible, trainer_config
+from distill.run import build_models, check_compatible
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["teacher=tiny", "student=tiny", "data.limit=32", "trainer.max_steps=2"]

@@ -12,9 +12,10 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import accuracy_score, f1_score
 
 from distill import evaluate as ev
-from distill.compare import check_labels, compare, teacher_preflight
+from distill.compare import compare
 from distill.errors import DistillError
 from distill.plots import training_curves
+from distill.preflight import check_labels, teacher_preflight
 from tests.export_helpers import sentences, sequence_rows, tiny_model, tiny_tokenizer, token_rows
 
 PNG = b"\x89PNG\r\n\x1a\n"
