@@ -68,6 +68,9 @@ def test_quickstart_runs_on_tiny_settings(tmp_path, monkeypatch, venv_kernel):
     out = work / "outputs" / "quickstart"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tiny"] is True and summary["limit"] == 64 and summary["steps"] == 5
+    # the KD run saw the augmented rows: up to 8 distinct variants of each labelled row
+    rows = summary["labelled_rows"]
+    assert 0 < rows <= 64 and rows <= summary["variants"] <= 8 * rows
 
     report = json.loads((out / "compare" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)"}
