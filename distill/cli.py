@@ -23,7 +23,19 @@ from pathlib import Path
 from distill.errors import DistillError
 
 USAGE = __doc__.split("\n\n")[1]
+USAGE_END = __doc__.split("\n\n")[2].strip()
 log = logging.getLogger("distill")
+
+
+def _usage(command: str) -> str:
+    """The lines of USAGE about ``command``."""
+    lines, keep = [], False
+    for line in USAGE.splitlines():
+        if line.startswith("    distill "):
+            keep = line.startswith(f"    distill {command} ")
+        if keep:
+            lines.append(line)
+    return "\n".join(["usage:", *lines, "", USAGE_END])
 
 
 def _unwrap(e: BaseException) -> BaseException:
@@ -231,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if command not in ("train", "pipeline"):  # Hydra sets up logging for those (a second handler doubles lines)
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         if command == "recipes":
             from distill.config_check import recipe_descriptions
@@ -243,13 +256,19 @@ def main(argv: list[str] | None = None) -> int:
 
             check()
         elif command in ("train", "pipeline"):
+            from hydra._internal.utils import get_args_parser  # Hydra's own command line: flags vs overrides
+
             from distill.config_check import compose_checked, translate
 
-            overrides = translate(rest)
-            compose_checked(overrides)  # every config mistake → one line, before Hydra starts
+            hydra_args = get_args_parser().parse_args(rest)
+            overrides = translate(hydra_args.overrides)
+            compose_checked(overrides, multirun=hydra_args.multirun)  # every config mistake → one line, first
             _check_run_dir(overrides)
-            sys.argv = [f"distill {command}", *overrides, *_rank_overrides()]
+            flags = [a for a in rest if a not in set(hydra_args.overrides)]  # -m, --cfg job, --info defaults, ...
+            sys.argv = [f"distill {command}", *flags, *overrides, *_rank_overrides()]
             _hydra_app(_train if command == "train" else _pipeline)
+        elif command in ("compare", "export") and {"-h", "--help"} & set(rest):
+            print(_usage(command))
         elif command == "compare":
             compare_cmd(rest)
         elif command == "export":

@@ -67,12 +67,11 @@ def _valid_keys(base: DictConfig, dotted: str) -> str:
     return f"valid keys {where}: {', '.join(map(str, keys))}" if keys else f"{parent} takes no keys"
 
 
-def compose_checked(overrides: list[str]) -> DictConfig:
-    """Compose ``config.yaml`` with ``overrides`` (Hydra syntax), or raise a one-line DistillError."""
-    sweep = "-m" in overrides or "--multirun" in overrides
-    overrides = [o for o in overrides if not o.startswith("-")]  # -m, --cfg job: Hydra's own flags
-    overrides = [o for o in overrides if not o.startswith("hydra.") and o not in ("job", "all", "hydra")]
-    if sweep:
+def compose_checked(overrides: list[str], multirun: bool = False) -> DictConfig:
+    """Compose ``config.yaml`` with ``overrides`` (Hydra syntax, no flags), or raise a one-line
+    DistillError; ``multirun``: every value of each sweep is checked."""
+    overrides = [o for o in overrides if not o.startswith("hydra.")]  # the compose API has no hydra node
+    if multirun:
         try:
             points = sweep_points(overrides)
         except OverrideParseException as e:
