@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
@@ -30,7 +31,7 @@ from distill.data.tokenize import lengths
 from distill.errors import DistillError
 from distill.evaluate import Predictions, main_metric, metrics
 from distill.interrupt import StopRequest
-from distill.launch import cpu_only
+from distill.launch import cpu_only, resolve_precision
 from distill.outputs import ModelOutputs
 from distill.teacher_cache import TeacherCache
 
@@ -50,7 +51,8 @@ class TrainerConfig:
     scheduler: str = "linear"  # any transformers.get_scheduler name
     grad_accum: int | None = None  # None: the launcher's (accelerate launch --gradient_accumulation_steps), else 1
     max_grad_norm: float | None = 1.0
-    mixed_precision: str | None = None  # no | bf16 | fp16; None: the launcher's (accelerate launch / config)
+    # no | bf16 | fp16 | auto (bf16 where this machine runs it natively, else no); None: the launcher's
+    mixed_precision: str | None = None
     seed: int = 0
     split_batches: bool = False  # True: the loader's batch is the global batch, split over processes
     eval_every: int | None = None  # steps; None = at the end of every epoch
@@ -86,8 +88,8 @@ class TrainerConfig:
             (number("weight_decay") >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0"),
             (self.grad_accum is None or (isinstance(self.grad_accum, int) and self.grad_accum >= 1),
              f"trainer.grad_accum={self.grad_accum!r} must be a positive integer (or null: the launcher's)"),
-            (self.mixed_precision in (None, "no", "bf16", "fp16"),
-             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16, fp16 or null (the launcher's)"),
+            (self.mixed_precision in (None, "no", "bf16", "fp16", "auto"),
+             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16, fp16, auto or null (the launcher's)"),
             (self.scheduler in {t.value for t in SchedulerType},
              f"trainer.scheduler={self.scheduler!r}: use one of {', '.join(t.value for t in SchedulerType)}"),
             (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
@@ -142,8 +144,12 @@ def make_accelerator(cfg: TrainerConfig, out: Path, find_unused: bool) -> Accele
     config``, env) unless the trainer config sets them; CPU processes of one launch train together."""
     # a plugin, not gradient_accumulation_steps=: accelerate lets its env var override that argument
     accumulation = GradientAccumulationPlugin(num_steps=cfg.grad_accum) if cfg.grad_accum is not None else None
+    # a pipeline runs its stages in one process, each with its own precision: accelerate keeps the first
+    # one process-wide and refuses another; forget it (the process group, in PartialState, stays)
+    AcceleratorState._reset_state()
     return Accelerator(
-        mixed_precision=cfg.mixed_precision, gradient_accumulation_plugin=accumulation, cpu=cpu_only(),
+        mixed_precision=resolve_precision(cfg.mixed_precision), gradient_accumulation_plugin=accumulation,
+        cpu=cpu_only(),
         log_with=cfg.log_with, project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
                                                   data_seed=cfg.seed),

@@ -134,6 +134,11 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     assert plain != identity(mixed_precision="bf16", grad_accum=1) != identity(mixed_precision="no", grad_accum=2)
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
     assert identity(mixed_precision=None, grad_accum=None) == identity(mixed_precision="bf16", grad_accum=1)
+    import distill.launch
+
+    for native, resolved in ((True, "bf16"), (False, "no")):  # auto: what this machine runs
+        monkeypatch.setattr(distill.launch, "fast_bf16", lambda native=native: native)
+        assert identity(mixed_precision="auto", grad_accum=1) == identity(mixed_precision=resolved, grad_accum=1)
 
 
 def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path):

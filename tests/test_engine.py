@@ -161,7 +161,7 @@ def test_finetuning_without_teacher_learns_the_task(tmp_path):
     ({"max_steps": -1}, "trainer.max_steps=-1 must be a positive number of steps"),
     ({"max_steps": -5}, "trainer.max_steps=-5 must be a positive number of steps"),
     ({"epochs": 0}, "trainer.epochs=0 must be > 0"),
-    ({"mixed_precision": "fp8"}, "trainer.mixed_precision='fp8': use no, bf16, fp16 or null"),
+    ({"mixed_precision": "fp8"}, "trainer.mixed_precision='fp8': use no, bf16, fp16, auto or null"),
 ])
 def test_impossible_trainer_settings_stop_with_one_line(changes, message):
     from distill.engine import TrainerConfig
@@ -219,3 +219,29 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
     assert resumed.steps == 12
     assert all(torch.equal(full[k], v) for k, v in resumed.student.state_dict().items())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_bf16_trains_within_tolerance_of_fp32_and_auto_follows_the_machine(tmp_path, monkeypatch):
+    """bf16 autocast (teacher and student) moves the losses by little, not by nothing; ``auto`` is bf16
+    exactly where the machine runs bf16 natively, and fp32 exactly where it does not."""
+    import distill.launch
+
+    def run(name, precision):
+        teacher, student = H.models()
+        train_loader, val_loader = H.loaders()
+        result = train(H.config(epochs=1, log_every=1, mixed_precision=precision, load_best_at_end=False), student,
+                       H.KDTestLoss(), train_loader, val_loader, tmp_path / name, "sequence", "ab", teacher=teacher)
+        losses = torch.tensor([r["train/loss"] for r in result.history if "train/loss" in r])
+        return losses, result.student.state_dict()
+
+    fp32, fp32_weights = run("fp32", "no")
+    bf16, bf16_weights = run("bf16", "bf16")
+    assert len(fp32) == 6 and not torch.equal(fp32, bf16)  # autocast did run in bf16
+    # bf16 keeps 8 bits of mantissa: here the first loss (before any update) moves by 2%; stay within 4%
+    assert (bf16 - fp32).abs().max() < 0.04 * fp32.abs().max(), (fp32, bf16)
+    monkeypatch.setattr(distill.launch, "fast_bf16", lambda: True)
+    auto, auto_weights = run("auto_bf16", "auto")
+    assert torch.equal(auto, bf16) and all(torch.equal(auto_weights[k], v) for k, v in bf16_weights.items())
+    monkeypatch.setattr(distill.launch, "fast_bf16", lambda: False)
+    auto, auto_weights = run("auto_fp32", "auto")
+    assert torch.equal(auto, fp32) and all(torch.equal(auto_weights[k], v) for k, v in fp32_weights.items())
