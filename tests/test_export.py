@@ -157,3 +157,17 @@ def test_export_from_task_data_with_trimmed_vocab(tmp_path, monkeypatch):
                      out_dir=tmp_path / "cmp", n_boot=100, warmup=1, repeats=3, threads=1)
     assert report["models"]["int8"]["runtime"] == "onnxruntime"
     assert report["models"]["int8"]["size_bytes"] == int8["size_bytes"]
+
+
+def test_parity_checks_a_spread_of_the_corpus_and_its_longest_text():
+    from distill.export_formats import parity_inputs
+
+    tokenizer = load_tokenizer(minilm_l6_path())
+    texts = [f"review number {i} " + "very " * (i // 100) + "good" for i in range(1000)] + ["long " * 60]
+    example, checks, rows = parity_inputs(tokenizer, texts, max_length=32, max_rows=30)
+    assert len(rows) == 31 and rows[-1]["input_ids"][:2] == tokenizer("long")["input_ids"][:2]  # the longest last
+    assert len(rows[-1]["input_ids"]) == 32  # cut at max_length
+    lengths = {len(r["input_ids"]) for r in rows}
+    assert len(lengths) >= 8  # spread over the corpus (its first 30 texts have one length)
+    assert all(tuple(b["input_ids"].shape) != tuple(example["input_ids"].shape) for b in checks)
+    assert checks[-1]["input_ids"].shape == (1, 32)
