@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.errors import DistillError
@@ -46,6 +47,64 @@ def _eval_texts(data) -> list[str]:
     return list(split["text"]) + (list(split["text_pair"]) if "text_pair" in split.column_names else [])
 
 
+def _name_labels(model, names: list[str]) -> list[str]:
+    """The data's label names onto the model's config (a reordering raises); the names the export carries."""
+    if names:
+        from distill.preflight import check_labels
+
+        if len(names) != model.config.num_labels:
+            raise DistillError(f"{len(names)} label names {names} for a model with {model.config.num_labels} "
+                               "labels; pass the dataset the model was trained on")
+        unnamed = all(n.startswith("LABEL_") for n in model.config.id2label.values())
+        renamed = check_labels(model.config, names)  # a reordering raises
+        if renamed and not unnamed:
+            log.warning("export: %s; the export uses the data's names", renamed)
+        model.config.id2label = dict(enumerate(names))
+        model.config.label2id = {n: i for i, n in enumerate(names)}
+    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if all(n.startswith("LABEL_") for n in names):
+        log.warning("export: the model's labels are unnamed (%s...); pass label_names or eval_data", names[0])
+    return names
+
+
+@dataclass
+class _Inputs:
+    """What every format is checked with: the trace example, parity batches of other shapes, rows for
+    timing, and the validation split for int8's metric change."""
+
+    example: dict
+    checks: list
+    rows: list
+    eval_split: object
+    names: list[str]
+    threads: int
+
+
+def _export_one(fmt: str, model, tokenizer, out: Path, inputs: _Inputs, onnx_too: bool) -> dict:
+    """One format into ``out/fmt``, verified; every dir carries what it needs to run (tokenizer, labels)."""
+    target = out / fmt
+    if fmt == "hf":
+        return export_hf(model, tokenizer, target, inputs.checks)
+    if fmt == "onnx":
+        result = export_onnx(model, target / "model.onnx", inputs.example, inputs.checks, inputs.threads)
+    elif fmt == "torchscript":
+        result = export_torchscript(model, target / "model.pt", inputs.example, inputs.checks)
+    else:  # int8: quantizes the fp32 ONNX file, exported first when onnx is not among the formats
+        fp32 = out / "onnx" / "model.onnx"
+        temp = not onnx_too or not fp32.is_file()
+        if temp:
+            fp32 = target / "fp32-tmp" / "model.onnx"
+            export_onnx(model, fp32, inputs.example, inputs.checks, inputs.threads)
+        result = export_int8(model, fp32, target / "model.onnx", inputs.checks, inputs.rows, inputs.eval_split,
+                             inputs.names, inputs.threads)
+        if temp:
+            shutil.rmtree(fp32.parent, ignore_errors=True)
+    tokenizer.save_pretrained(str(target))
+    write_vocab(tokenizer, target)
+    model.config.to_json_file(str(target / "config.json"))
+    return result
+
+
 def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
            trim_vocab: bool = False, texts: Sequence[str] | None = None, eval_data=None, *,
            label_names: Sequence[str] | None = None, recipe: str | Mapping | None = None,
@@ -69,22 +128,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     task = task_of(load_config(resolve(model_dir)))
     model, tokenizer = from_pretrained(model_dir, task=task), load_tokenizer(model_dir)
     is_taskdata = hasattr(eval_data, "splits")
-    names = list(label_names or (eval_data.label_names if is_taskdata else []))
-    if names:
-        from distill.preflight import check_labels
-
-        if len(names) != model.config.num_labels:
-            raise DistillError(f"{len(names)} label names {names} for a model with {model.config.num_labels} "
-                               "labels; pass the dataset the model was trained on")
-        unnamed = all(n.startswith("LABEL_") for n in model.config.id2label.values())
-        renamed = check_labels(model.config, names)  # a reordering raises
-        if renamed and not unnamed:
-            log.warning("export: %s; the export uses the data's names", renamed)
-        model.config.id2label = dict(enumerate(names))
-        model.config.label2id = {n: i for i, n in enumerate(names)}
-    names = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    if all(n.startswith("LABEL_") for n in names):
-        log.warning("export: the model's labels are unnamed (%s...); pass label_names or eval_data", names[0])
+    names = _name_labels(model, list(label_names or (eval_data.label_names if is_taskdata else [])))
     if eval_data is not None and not is_taskdata and trim_vocab:
         raise DistillError("with trim_vocab, pass eval_data as TaskData so it is tokenized with the trimmed vocab")
 
@@ -103,29 +147,10 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
         eval_split = eval_data
     example, checks, rows = parity_inputs(tokenizer, list(texts or []) or (_eval_texts(eval_data) if is_taskdata
                                                                       else FALLBACK_TEXTS), max_length)
+    inputs = _Inputs(example, checks, rows, eval_split, names, threads)
     for fmt in formats:
         log.info("export: %s", fmt)
-        target = out / fmt
-        if fmt == "hf":
-            result = export_hf(model, tokenizer, target, checks)
-        elif fmt == "onnx":
-            result = export_onnx(model, target / "model.onnx", example, checks, threads)
-        elif fmt == "torchscript":
-            result = export_torchscript(model, target / "model.pt", example, checks)
-        else:
-            fp32 = out / "onnx" / "model.onnx"
-            temp = "onnx" not in formats or not fp32.is_file()
-            if temp:
-                fp32 = target / "fp32-tmp" / "model.onnx"
-                export_onnx(model, fp32, example, checks, threads)
-            result = export_int8(model, fp32, target / "model.onnx", checks, rows, eval_split, names, threads)
-            if temp:
-                shutil.rmtree(fp32.parent, ignore_errors=True)
-        if fmt != "hf":  # every dir carries what it needs to run: tokenizer, labels
-            tokenizer.save_pretrained(str(target))
-            write_vocab(tokenizer, target)
-            model.config.to_json_file(str(target / "config.json"))
-        results.append({"format": fmt, **result})
+        results.append({"format": fmt, **_export_one(fmt, model, tokenizer, out, inputs, "onnx" in formats)})
     card = write_model_card(out, model, names, results, recipe=recipe, compare_report=compare_report)
     if (out / "hf").is_dir():
         shutil.copyfile(card, out / "hf" / "README.md")
