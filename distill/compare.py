@@ -104,23 +104,11 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    results, preds = {}, {}
+    results, preds, preflight = {}, {}, None
     for name, ref in models.items():
         forward, info, model = load(ref, task, threads)
-        if model is not None:
-            try:
-                check_labels(model.config, label_names)
-            except DistillError as e:  # which of the models compared is the odd one out
-                raise DistillError(f"model {name!r} ({ref}): {e}") from None
-        own = own_tokenizer(ref)
-        if own is None or tokenizer is None or own.get_vocab() == tokenizer.get_vocab():
-            own_split, singles, big = shared
-        elif hasattr(data, "splits"):  # e.g. a vocabulary-trimmed export: its own ids, the same rows
-            own_split = eval_split(data, own, split, max_length)[0]
-            own_split, singles, big = (own_split, *latency_inputs(own, own_split, latency_texts, max_length))
-        else:
-            raise DistillError(f"model {name!r} has its own vocabulary; pass TaskData (not a tokenized split) "
-                               "so each model is tokenized with its own tokenizer")
+        own_split, singles, big = _inputs_for(name, ref, model, data, tokenizer, shared, label_names, split,
+                                              latency_texts, max_length)
         log.info("compare: evaluating %s (%s)", name, info["runtime"])
         preds[name] = ev.predict(forward, own_split, task, batch_size)
         scores = ev.metrics(preds[name], label_names)
@@ -135,7 +123,41 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
                 raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
             preflight = preflight_from_predictions(preds[name], model.config, label_names, min_kappa)
         del model, forward
+    _relative_to(results, preds, teacher, baseline, label_names, seed)
 
+    key = ev.main_metric(task)
+    report = {
+        "task": task, "metric": key, "teacher": teacher, "baseline": baseline, "label_names": label_names,
+        "settings": {"n_rows": len(dataset), "n_units": int(len(preds[teacher].y_true)),
+                     "unit": "word" if task == "token" else "row", "n_boot": n_boot, "seed": seed,
+                     "threads": threads, "warmup": warmup, "repeats": repeats, "device": "cpu",
+                     "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+        "preflight": preflight, "models": results,
+    }
+    report["notes"] = notes(report)
+    return _write(report, out, curves)
+
+
+def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, split, latency_texts, max_length):
+    """The split and latency inputs in ``ref``'s own ids: the shared ones unless it carries another
+    vocabulary (a trimmed export); its head checked against the data's labels first."""
+    if model is not None:
+        try:
+            check_labels(model.config, label_names)
+        except DistillError as e:  # which of the models compared is the odd one out
+            raise DistillError(f"model {name!r} ({ref}): {e}") from None
+    own = own_tokenizer(ref)
+    if own is None or tokenizer is None or own.get_vocab() == tokenizer.get_vocab():
+        return shared
+    if not hasattr(data, "splits"):
+        raise DistillError(f"model {name!r} has its own vocabulary; pass TaskData (not a tokenized split) "
+                           "so each model is tokenized with its own tokenizer")
+    own_split = eval_split(data, own, split, max_length)[0]  # e.g. a vocabulary-trimmed export: same rows
+    return (own_split, *latency_inputs(own, own_split, latency_texts, max_length))
+
+
+def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None, label_names, seed: int) -> None:
+    """Ratios to the teacher, agreement with it, and paired tests against the teacher and the baseline."""
     ref = results[teacher]
     for name, r in results.items():
         r["retention"] = {k: _ratio(v["value"], ref["metrics"][k]["value"]) for k, v in r["metrics"].items()}
@@ -149,16 +171,10 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         r["paired_bootstrap"] = {f"vs_{other}": ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
                                  for other in others}
 
-    key = ev.main_metric(task)
-    report = {
-        "task": task, "metric": key, "teacher": teacher, "baseline": baseline, "label_names": label_names,
-        "settings": {"n_rows": len(dataset), "n_units": int(len(preds[teacher].y_true)),
-                     "unit": "word" if task == "token" else "row", "n_boot": n_boot, "seed": seed,
-                     "threads": threads, "warmup": warmup, "repeats": repeats, "device": "cpu",
-                     "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
-        "preflight": preflight, "models": results,
-    }
-    report["notes"] = notes(report)
+
+def _write(report: dict, out: Path, curves) -> dict:
+    """The trade-off (and training-curve) plots, report.json and report.md."""
+    key, results = report["metric"], report["models"]
     report["plots"] = [str(plots.tradeoff_plot(
         {n: {"latency_ms": r["latency"]["p50_ms"], "metric": r["metrics"][key]["value"],
              "ci": r["metrics"][key]["ci95"], "params": r["params"]["total"]} for n, r in results.items()},
