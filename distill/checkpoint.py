@@ -23,10 +23,12 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "run_config.json"  # the flat settings the run had: a resume with other settings is refused
-# settings a resumed run may change: where and how it logs and caches, and how long it trains (a new
-# epochs / max_steps is honoured: the schedule is rebuilt for the new length), not what a step computes
-FREE_TO_CHANGE = {"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last",
-                  "teacher_cache", "log_every", "epochs", "max_steps"}
+# trainer settings that do not change what a run computes: where and how it logs, caches, keeps checkpoints
+BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last",
+                         "log_every"})
+# settings a resumed run may change: the bookkeeping, and how long it trains (a new epochs / max_steps
+# is honoured: the schedule is rebuilt for the new length), not what a step computes
+FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps"}
 PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description")
 
 

@@ -17,12 +17,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill import launch
+from distill.checkpoint import BOOKKEEPING
 from distill.errors import DistillError
 from distill.run import run_training
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
-BOOKKEEPING = {"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last", "log_every"}
 CONTROL = "student (augmented, gold labels, no KD)"
 
 
