@@ -283,6 +283,9 @@ class TrainWindow:
     """Mean training losses and samples/s since the last logged step."""
 
     def __init__(self):
+        self.start()
+
+    def start(self) -> None:
         self.sums, self.count, self.seen, self.t0 = {}, 0, 0, time.perf_counter()
 
     def add(self, values: dict, rows: int) -> None:
@@ -294,7 +297,7 @@ class TrainWindow:
         """The window's means and samples/s; a new window starts."""
         means = {f"train/{k}": v / self.count for k, v in self.sums.items()}
         rate = self.seen / (time.perf_counter() - self.t0)
-        self.__init__()
+        self.start()
         return means, rate
 
 

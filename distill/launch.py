@@ -59,9 +59,10 @@ def resolve_precision(value: str | None) -> str | None:
     return ("bf16" if fast_bf16() else "no") if value == "auto" else value
 
 
-def launcher_mixed_precision() -> str:
-    """The precision accelerate picks when the config leaves it null (``accelerate launch`` sets the env)."""
-    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()
+def effective_precision(value: str | None) -> str:
+    """What a run with ``trainer.mixed_precision=value`` trains in: null → the launcher's (``accelerate
+    launch`` sets the env accelerate reads), auto → this machine's (resolve_precision)."""
+    return resolve_precision(value or os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower())
 
 
 def launcher_grad_accum() -> int:

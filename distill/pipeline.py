@@ -57,10 +57,8 @@ def stage_identity(resolved: dict) -> dict:
     if trainer is None:
         return resolved
     trainer = {k: v for k, v in trainer.items() if k not in BOOKKEEPING}
-    if trainer.get("mixed_precision", "no") is None:
-        trainer["mixed_precision"] = launch.launcher_mixed_precision()
-    if trainer.get("mixed_precision") == "auto":  # what this machine resolves it to
-        trainer["mixed_precision"] = launch.resolve_precision("auto")
+    if "mixed_precision" in trainer:
+        trainer["mixed_precision"] = launch.effective_precision(trainer["mixed_precision"])
     if trainer.get("grad_accum", 1) is None:
         trainer["grad_accum"] = launch.launcher_grad_accum()
     return {**resolved, "trainer": trainer}
