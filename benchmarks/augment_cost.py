@@ -2,19 +2,23 @@
 
     python benchmarks/augment_cost.py            # MR, 1,000 training sentences, n=8 (the quickstart's settings)
     python benchmarks/augment_cost.py rows=500 n=4
+    python benchmarks/augment_cost.py precision=both   # the fit and generation in fp32 and bf16, side by side
 
 Times, in a fresh cache: fitting the masked-LM head, generating the variants (candidates + sampling),
 the teacher labelling every augmented row (forward, batch 32, as the KD stage's first epoch does), and
 one student KD step over the same rows, so the ratios (labelling / student training) hold on any
 machine. JSON last line: {"mlm_fit_s_per_1k", "generate_s_per_1k", "label_s_per_1k_sentences",
-"rows_per_sentence", "label_over_student_steps"}.
+"rows_per_sentence", "label_over_student_steps"}; with precision=both only the fit and generation,
+each precision twice in a fresh cache, alternating: {"bf16_over_fp32_fit", "bf16_over_fp32_generate"}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -24,35 +28,77 @@ import torch
 
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
-    rows, n = int(opts.get("rows", 1000)), int(opts.get("n", 8))
+    rows, n, precision = int(opts.get("rows", 1000)), int(opts.get("n", 8)), opts.get("precision", "auto")
+    if precision == "both":
+        return compare_precisions(rows, n)
+    with fresh_cache():
+        measure(rows, n, precision)
+
+
+@contextlib.contextmanager
+def fresh_cache():
     cache = tempfile.mkdtemp(prefix="augment-cost-")
     os.environ["DISTILL_CACHE"] = cache  # nothing reused
     try:
-        measure(rows, n)
+        yield
     finally:
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def measure(rows: int, n: int) -> None:
+def fit_and_generate(rows: int, n: int, precision: str) -> tuple[float, float, object]:
+    """Seconds to fit the masked-LM head, seconds to generate the variants, the augmented data."""
     from distill.data.augment import Augment, augment
-    from distill.data.collate import Collator, make_dataloader
-    from distill.data.mlm_head import masked_lm
+    from distill.data.mlm_head import fingerprint, masked_lm
     from distill.data.sources import mr
-    from distill.data.tokenize import tokenize
+    from distill.launch import resolve_precision
     from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
-    from distill.models.student import student_from_teacher
 
     data = mr()
     data.splits["train"] = data.splits["train"].select(range(rows))
     tokenizer = load_tokenizer(minilm_l6_path())
-    settings = Augment(n=n, max_length=64)
+    settings = Augment(n=n, max_length=64, precision=precision)
     texts = list(data.splits["train"]["text"])
+    bf16 = resolve_precision(precision) == "bf16"
     t0 = time.perf_counter()
-    masked_lm(load_packaged_minilm(task="mlm"), tokenizer, texts, texts[:200], settings.mlm)
+    model = load_packaged_minilm(task="mlm")
+    key = fingerprint(model, tokenizer, texts, settings.mlm, "bf16" if bf16 else "no")  # augment()'s key
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as augment() fits it
+        masked_lm(model, tokenizer, texts, texts[:200], settings.mlm, key=key)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()  # the fitted head now comes from its cache: generation only
     out = augment(data, tokenizer, settings, lambda: load_packaged_minilm(task="mlm"))
-    gen_s = time.perf_counter() - t0
+    return fit_s, time.perf_counter() - t0, out
+
+
+def compare_precisions(rows: int, n: int) -> None:
+    from distill.launch import fast_bf16
+
+    if not fast_bf16():  # emulated bf16 matmuls run hundreds of times slower: nothing worth timing
+        print("this CPU has no native bf16 (AVX512-BF16 / AMX): precision=auto runs fp32 here; not timed")
+        print(json.dumps({"fast_bf16": False}))
+        return
+    times = {"no": [], "bf16": []}
+    for _ in range(2):
+        for precision in times:
+            with fresh_cache():
+                fit_s, gen_s, _ = fit_and_generate(rows, n, precision)
+            times[precision].append((fit_s, gen_s))
+    fit = {p: statistics.median(t[0] for t in ts) for p, ts in times.items()}
+    gen = {p: statistics.median(t[1] for t in ts) for p, ts in times.items()}
+    print(f"{rows} sentences, n={n}: masked-LM fit fp32 {fit['no']:.1f} s, bf16 {fit['bf16']:.1f} s; "
+          f"generation fp32 {gen['no']:.1f} s, bf16 {gen['bf16']:.1f} s (median of 2, alternating)")
+    print(json.dumps({"bf16_over_fp32_fit": round(fit["bf16"] / fit["no"], 3),
+                      "bf16_over_fp32_generate": round(gen["bf16"] / gen["no"], 3)}))
+
+
+def measure(rows: int, n: int, precision: str) -> None:
+    from distill.data.collate import Collator, make_dataloader
+    from distill.data.tokenize import tokenize
+    from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
+    from distill.models.student import student_from_teacher
+
+    tokenizer = load_tokenizer(minilm_l6_path())
+    fit_s, gen_s, out = fit_and_generate(rows, n, precision)
     train = tokenize(out, tokenizer, 64)["train"]
     loader = make_dataloader(train, Collator(tokenizer), 32, shuffle=False, group_by_length=True)
     teacher = load_packaged_minilm(id2label={0: "negative", 1: "positive"}).eval()

@@ -78,6 +78,27 @@ def test_contextual_candidates_are_whole_words_never_the_word_itself(tokenizer):
         assert again == found
 
 
+def test_bf16_candidates_agree_with_fp32_and_are_cached_apart(tokenizer):
+    """precision=bf16 autocasts the masked-LM's forwards: ≥ 90% of the fp32 top-K, in another cache entry."""
+    data = tiny(rows=120)
+    sentences = [t.split() for t in data.splits["train"]["text"]]
+    eligible = [[w.isalpha() for w in s] for s in sentences]
+    mlm = tiny_mlm()
+    for pool in (0, 20):
+        fp32 = contextual_candidates(mlm, tokenizer, sentences, eligible, top_k=5, mask_every=2, pool=pool)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = contextual_candidates(mlm, tokenizer, sentences, eligible, top_k=5, mask_every=2, pool=pool)
+        assert bf16.keys() == fp32.keys() and len(fp32) > 500
+        kept = sum(len(set(fp32[k]) & set(bf16[k])) for k in fp32) / sum(len(v) for v in fp32.values())
+        assert 0.9 <= kept < 1.0, kept  # close, and not the same computation (autocast took effect)
+    rows = {p: augment(data, tokenizer, _settings(precision=p), tiny_mlm).splits["train"] for p in ("no", "bf16")}
+    assert len(list((Path(os.environ["DISTILL_CACHE"]) / "augment").iterdir())) == 2
+    assert len(list((Path(os.environ["DISTILL_CACHE"]) / "mlm").iterdir())) == 2  # the head, fitted under each
+    assert rows["no"]["text"][:len(data.splits["train"])] == rows["bf16"]["text"][:len(data.splits["train"])]
+    with pytest.raises(DistillError, match="precision='fp16': use auto, bf16 or no"):
+        augment(data, tokenizer, _settings(precision="fp16"), tiny_mlm)
+
+
 def test_embedding_neighbours_follow_cosine(tokenizer):
     vocab = tokenizer.get_vocab()
     g = torch.Generator().manual_seed(0)

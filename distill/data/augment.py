@@ -45,6 +45,7 @@ from distill.data.neighbours import embedding_neighbours
 from distill.data.splits import normalise
 from distill.data.tokenize import tokenizer_key
 from distill.errors import DistillError
+from distill.launch import resolve_precision
 
 log = logging.getLogger(__name__)
 VERSION = 1  # bump when the sampling below changes, so old augmented sets are not reused
@@ -68,6 +69,7 @@ class Augment:
     seed: int = 0
     batch_size: int = 64
     max_length: int = 128
+    precision: str = "auto"  # the masked-LM fit and candidates: auto (bf16 where native) | bf16 | no (fp32)
     mlm: MLMFit = field(default_factory=MLMFit)
 
     def check(self) -> None:
@@ -81,6 +83,7 @@ class Augment:
             (0 <= self.swap_mentions <= 1, f"swap_mentions={self.swap_mentions} must be in [0, 1]"),
             (0 <= self.delete_span <= 1, f"delete_span={self.delete_span} must be in [0, 1]"),
             (self.label in ("teacher", "gold"), f"label={self.label!r}: use teacher or gold"),
+            (self.precision in ("auto", "bf16", "no"), f"precision={self.precision!r}: use auto, bf16 or no"),
             (self.mlm.epochs >= 0, f"mlm.epochs={self.mlm.epochs} must be >= 0"),
         ]
         for ok, message in problems:
@@ -167,8 +170,10 @@ def _candidates(rows: list[_Row], mlm, tokenizer, settings: Augment) -> list[lis
 
 
 def _fingerprint(data: TaskData, tokenizer, settings: Augment, mlm_key: str, extra: Sequence[str]) -> str:
-    """Everything the rows depend on; not ``label`` (it only sets ``gold``) nor ``batch_size``."""
+    """Everything the rows depend on; not ``label`` (it only sets ``gold``) nor ``batch_size``; the
+    precision as resolved on this machine (bf16 ranks candidates a little differently from fp32)."""
     chosen = {k: v for k, v in asdict(settings).items() if k not in ("label", "batch_size")}
+    chosen["precision"] = resolve_precision(settings.precision)
     h = hashlib.sha256(json.dumps({"v": VERSION, "settings": chosen, "tokenizer": tokenizer_key(tokenizer),
                                    "mlm": mlm_key, "task": data.task}, sort_keys=True).encode())
     for split in ("train", "validation", "test"):
@@ -241,14 +246,16 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     texts = [r.text for r in rows] + list(extra_text)
     held = data.splits.get("validation")
     held_texts = [] if held is None else [" ".join(t) for t in held["tokens"]] if data.task == "token" else held["text"]
-    mlm_key = mlm_fingerprint(mlm, tokenizer, texts, settings.mlm)
+    bf16 = resolve_precision(settings.precision) == "bf16"
+    mlm_key = mlm_fingerprint(mlm, tokenizer, texts, settings.mlm, "bf16" if bf16 else "no")
     key = _fingerprint(data, tokenizer, settings, mlm_key, extra_text)
     path = cache_dir() / "augment" / f"{data.name or 'data'}-{key}"
     fresh = not (path / "distill.json").is_file()
     if fresh:
-        if settings.method == "contextual":  # the neighbours method asks no masked-LM
-            mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
-        candidates = _candidates(rows, mlm, tokenizer, settings)
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the fit and the candidates' forwards
+            if settings.method == "contextual":  # the neighbours method asks no masked-LM
+                mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
+            candidates = _candidates(rows, mlm, tokenizer, settings)
         columns, share = _generate(data, rows, candidates, settings)
         train = data.splits["train"]
         features = datasets.Features({**train.features, "gold": datasets.Value("int8")})
