@@ -60,11 +60,30 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
 
 
 def _valid_keys(base: DictConfig, dotted: str) -> str:
+    """The keys valid where ``dotted`` goes wrong: under its deepest parent that exists."""
     parent = dotted.rsplit(".", 1)[0] if "." in dotted else ""
+    while parent and not isinstance(OmegaConf.select(base, parent), DictConfig):
+        parent = parent.rsplit(".", 1)[0] if "." in parent else ""
     node = OmegaConf.select(base, parent) if parent else base
-    keys = [k for k in node if k != "_target_"] if isinstance(node, DictConfig) else []
+    keys = [k for k in node if k != "_target_"]
     where = f"under {parent}" if parent else "at the top level"
     return f"valid keys {where}: {', '.join(map(str, keys))}" if keys else f"{parent} takes no keys"
+
+
+def _has_key(cfg: DictConfig, dotted: str) -> bool:
+    parent, _, leaf = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _unknown_key(overrides: list[str]) -> tuple[str | None, DictConfig]:
+    """The first value override (``a.b=1``, read with Hydra's parser) whose key the config composed
+    from the group choices alone does not have, and that config."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    values = [o for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())
+              and o.get_key_element().split("@")[0] not in (*GROUPS, "recipes")]
+    base = compose("config", overrides=[o.input_line for o in parsed if o not in values])
+    return next((o.get_key_element() for o in values if not _has_key(base, o.get_key_element())), None), base
 
 
 def compose_checked(overrides: list[str], multirun: bool = False) -> DictConfig:
@@ -98,11 +117,9 @@ def compose_checked(overrides: list[str], multirun: bool = False) -> DictConfig:
         except OverrideParseException as e:
             raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
         except ConfigCompositionException as e:
-            text = " ".join(str(e).split())
-            bad = next((o.split("=")[0].lstrip("+~") for o in overrides if f"'{o.split('=')[0]}'" in text), None)
+            bad, base = _unknown_key(overrides)
             if bad is None:
-                raise DistillError(text.split(". ")[0]) from None
-            base = compose("config", overrides=[o for o in overrides if o.split("=")[0].lstrip("+~") != bad])
+                raise DistillError(" ".join(str(e).split()).split(". ")[0]) from None
             raise DistillError(f"unknown key {bad!r}; {_valid_keys(base, bad)}") from None
     check_values(cfg)
     return cfg

@@ -29,14 +29,14 @@ from transformers import SchedulerType, get_scheduler
 from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
-from distill.evaluate import Predictions, main_metric, metrics
+from distill.evaluate import MODEL_INPUTS, Predictions, main_metric, masked_lm_metrics, masked_lm_stats, metrics
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.outputs import ModelOutputs
 from distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+STEP_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the masked positions are decoded
 
 
 @dataclass
@@ -166,12 +166,26 @@ class StudentWithLoss(nn.Module):
         self.student, self.loss = student, loss
 
     def forward(self, batch: dict, teacher_out: ModelOutputs | None):
-        out = self.student(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, **flags(self.loss.needs))
+        out = self.student(**{k: batch[k] for k in STEP_INPUTS if k in batch}, **flags(self.loss.needs))
         return self.loss(out, teacher_out, batch)
+
+
+def evaluate_masked_lm(accelerator: Accelerator, model: nn.Module, loader) -> dict:
+    """Masked-LM top-1 accuracy and perplexity (and NSP accuracy on sentence pairs). The eval loader's
+    MaskingCollator stays at epoch 0, so every evaluation scores the same masked positions."""
+    model.eval()
+    totals = torch.zeros(5, device=accelerator.device)
+    with torch.no_grad(), accelerator.autocast():
+        for batch in loader:
+            totals += accelerator.gather_for_metrics(masked_lm_stats(model, batch)).sum(0)
+    model.train()
+    return masked_lm_metrics(totals)
 
 
 def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, label_names) -> dict:
     """Main-metric evaluation over a (prepared) loader; padding duplicates dropped by gather."""
+    if task == "mlm":
+        return evaluate_masked_lm(accelerator, model, loader)
     model.eval()
     preds, labels = [], []
     for batch in loader:
@@ -234,7 +248,7 @@ class TeacherTargets:
                 return ModelOutputs(logits=hit.to(self.accelerator.device), attention_mask=batch["attention_mask"])
         state.teacher_calls += 1
         with torch.no_grad(), self.accelerator.autocast():
-            out = self.teacher(**{k: batch[k] for k in MODEL_INPUTS if k in batch}, **self.flags)
+            out = self.teacher(**{k: batch[k] for k in STEP_INPUTS if k in batch}, **self.flags)
         if self.cache is None:
             return out
         self.cache.put(batch["idx"], out.logits)
@@ -253,7 +267,7 @@ def teacher_targets(cfg: TrainerConfig, accelerator: Accelerator, loss: nn.Modul
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)  # never prepared: no DDP, no optimizer
     map_layers = getattr(loss, "teacher_map_layers", None)  # optional in a hand-made loss module
     cache = None
-    if cfg.teacher_cache and cache_key and loss.needs <= {"logits"}:
+    if cfg.teacher_cache and cache_key and loss.needs <= {"logits"} and task in ("sequence", "token"):
         c = teacher.config.num_labels  # token rows: as long as the longest tokenized row, not max_position_embeddings
         shape = (c,) if task == "sequence" else (max(lengths(dataset)), c)
         with accelerator.main_process_first():
@@ -394,6 +408,7 @@ class Loop:
         with StopRequest() as stop_request:
             while state.global_step < self.total and not stop:
                 self.loader.set_epoch(state.epoch)
+                getattr(self.loader.collate_fn, "set_epoch", int)(state.epoch)  # masking draws per epoch too
                 skip = state.batches_in_epoch  # a resumed epoch goes on where its checkpoint was
                 for batch in self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader:
                     state.batches_in_epoch += 1

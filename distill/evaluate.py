@@ -11,6 +11,7 @@ or sentences; McNemar pairs rows or words.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,37 @@ EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the χ² approximation 
 
 def main_metric(task: str) -> str:
     """The metric retention is computed on (same convention as training)."""
-    return "entity_f1" if task == "token" else "accuracy"
+    return {"token": "entity_f1", "mlm": "mlm_accuracy"}.get(task, "accuracy")
+
+
+def masked_lm_stats(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    """Per row (B, 5): masked positions predicted right (top-1), masked positions, summed NLL there;
+    with NSP pairs and a pre-training model, next sentence predicted right and 1 (else 0, 0).
+    ``batch`` comes from ``MaskingCollator`` (labels −100 except at the masked positions)."""
+    out = model(**{k: batch[k] for k in (*MODEL_INPUTS, "mlm_positions") if k in batch})
+    keep = batch["labels"] != -100  # (B, T)
+    logits = out.logits.float()
+    logits = logits if logits.dim() == 2 else logits[keep]  # (N, V)
+    targets = batch["labels"][keep]  # (N,)
+    row = keep.nonzero()[:, 0]  # (N,) which row each masked position belongs to
+    stats = torch.zeros(keep.shape[0], 5, device=logits.device)
+    nll = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+    values = torch.stack([(logits.argmax(-1) == targets).float(), torch.ones_like(nll), nll], dim=1)
+    stats[:, :3].index_add_(0, row, values)
+    nsp = getattr(out, "nsp_logits", None)
+    if nsp is not None and "next_sentence_label" in batch:
+        stats[:, 3] = (nsp.argmax(-1) == batch["next_sentence_label"]).float()
+        stats[:, 4] = 1.0
+    return stats
+
+
+def masked_lm_metrics(totals: Tensor) -> dict[str, float]:
+    """{mlm_accuracy, mlm_perplexity[, nsp_accuracy]} from summed ``masked_lm_stats`` (5,)."""
+    correct, count, nll, nsp_correct, pairs = (float(v) for v in totals)
+    out = {"mlm_accuracy": correct / max(count, 1), "mlm_perplexity": math.exp(nll / max(count, 1))}
+    if pairs:
+        out["nsp_accuracy"] = nsp_correct / pairs
+    return out
 
 
 # ---------------------------------------------------------------- forwards and batches

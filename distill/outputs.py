@@ -12,8 +12,9 @@ class ModelOutputs:
     """Outputs of :class:`distill.models.bert.BertModel` and its heads.
 
     Attributes:
-        logits: (B, C) for sequence tasks, (B, T, C) for token tasks and masked-LM (C = vocab);
-            None for the bare encoder.
+        logits: (B, C) for sequence tasks, (B, T, C) for token tasks and masked-LM (C = vocab; (N, C)
+            at the N masked positions when the batch names them); None for the bare encoder.
+        nsp_logits: (B, 2) next-sentence logits of the pre-training model (0 = B follows A).
         hidden_states: L+1 entries when requested, [0] = embeddings output, each (B, T, H).
         attentions: L entries when requested, post-softmax probabilities (B, heads, T, T).
         qkv: L entries when requested, each (query, key, value) of shape (B, heads, T, d).
@@ -22,6 +23,7 @@ class ModelOutputs:
     """
 
     logits: Tensor | None = None
+    nsp_logits: Tensor | None = None
     hidden_states: tuple[Tensor, ...] = ()
     attentions: tuple[Tensor, ...] = ()
     qkv: tuple[tuple[Tensor, Tensor, Tensor], ...] = ()

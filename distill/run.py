@@ -29,9 +29,18 @@ from distill.models.student import count_parameters
 log = logging.getLogger(__name__)
 
 
+def model_task(cfg: DictConfig, data) -> str:
+    """The models' head: the data's task; raw text: the bare encoder, or the masked-LM with data.mlm."""
+    if data.task != "raw":
+        return data.task
+    if not cfg.data.get("mlm"):
+        return "base"
+    return "pretraining" if cfg.data.mlm.get("nsp") else "mlm"
+
+
 def build_models(cfg: DictConfig, data):
     """Teacher (if any) and student; label names and task come from the data."""
-    task = "base" if data.task == "raw" else data.task  # task-agnostic: the bare encoder
+    task = model_task(cfg, data)
     labels = {"id2label": dict(enumerate(data.label_names))} if data.label_names else {}
     teacher = None
     if cfg.get("teacher") is not None:
@@ -114,13 +123,40 @@ def augmented(node: DictConfig, data, tokenizer):
         return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra)
 
 
+def masked_lm_settings(node: DictConfig):
+    """The ``data.mlm`` node, type-checked."""
+    from distill.data.masking import MaskedLMData
+
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(MaskedLMData), node))
+    except OmegaConfBaseException as e:
+        raise DistillError(f"data.mlm: {e.msg}") from None
+
+
+def with_masked_lm_head(cfg: DictConfig, teacher, tokenizer, data):
+    """The teacher with a masked-LM head to learn from: its own, or one fitted (and cached) on the corpus."""
+    from distill.data.mlm_head import masked_lm
+
+    settings = masked_lm_settings(cfg.data.mlm)
+    texts = list(data.splits["train"]["text"][:settings.head_texts])
+    held = data.splits.get("validation")
+    held_out = [] if held is None else list(held["text"][:500])
+    return masked_lm(teacher, tokenizer, texts, held_out, settings.teacher_head)
+
+
 def loaders(cfg: DictConfig, tokenized, tokenizer, seed: int):
-    collator = Collator(tokenizer)
+    collator = eval_collator = Collator(tokenizer)
+    if cfg.data.get("mlm"):  # raw text → BERT's masking per batch; eval masks: seed 0, epoch 0, every run
+        from distill.data.masking import MaskingCollator
+
+        settings = masked_lm_settings(cfg.data.mlm)
+        collator, eval_collator = (MaskingCollator(tokenizer, settings.probability, settings.whole_word, seed=s)
+                                   for s in (seed, 0))
     train_loader = make_dataloader(tokenized["train"], collator, cfg.data.batch_size, shuffle=True, seed=seed,
                                    group_by_length=cfg.data.group_by_length)
     eval_loader = None
-    if "validation" in tokenized and "labels" in tokenized["validation"].column_names:
-        eval_loader = make_dataloader(tokenized["validation"], collator, cfg.data.eval_batch_size
+    if "validation" in tokenized and ("labels" in tokenized["validation"].column_names or cfg.data.get("mlm")):
+        eval_loader = make_dataloader(tokenized["validation"], eval_collator, cfg.data.eval_batch_size
                                       if "eval_batch_size" in cfg.data else 2 * cfg.data.batch_size, shuffle=False)
     return train_loader, eval_loader
 
@@ -142,7 +178,14 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
         data = augmented(cfg.data.augment, data, tokenizer)
-    tokenized = tokenize(data, tokenizer, cfg.data.max_length)
+    if cfg.data.get("mlm") and teacher is not None:
+        teacher = with_masked_lm_head(cfg, teacher, tokenizer, data)
+    if cfg.data.get("mlm") and cfg.data.mlm.get("nsp"):  # sentence pairs instead of chunks
+        from distill.data.pairs import sentence_pairs
+
+        tokenized = sentence_pairs(data, tokenizer, cfg.data.max_length)
+    else:
+        tokenized = tokenize(data, tokenizer, cfg.data.max_length)
     log.info(summarize(data, tokenized))
     log.info("Instantiating losses <%s>", cfg.losses._target_)
     loss = hydra.utils.instantiate(cfg.losses)
@@ -162,13 +205,16 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         from distill.teacher_cache import fingerprint
         cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
     def test_metrics(trained) -> dict:  # the test split, for metrics.json and the trackers' test/ keys
+        if cfg.data.get("mlm"):
+            return held_out_masked_lm({"student": trained, "teacher": teacher}, eval_loader)
         if "test" not in tokenized or data.task == "raw":
             return {}
         models = {"student": trained, "teacher": teacher}
         return {name: task_metrics(predict(torch_forward(m), tokenized["test"], data.task), data.label_names)
                 for name, m in models.items() if m is not None}
 
-    result = train(tcfg, student, loss, train_loader, eval_loader, str(out), data.task, data.label_names,
+    task = "mlm" if cfg.data.get("mlm") else data.task
+    result = train(tcfg, student, loss, train_loader, eval_loader, str(out), task, data.label_names,
                    teacher=engine_teacher, cache_key=cache_key,
                    run_config=OmegaConf.to_container(cfg, resolve=True), final_metrics=test_metrics)
     if not launch.state().is_main_process:  # every process trained; one writes the results
@@ -182,6 +228,31 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     _plot_curves(out)
     log.info("metrics: %s", json.dumps({k: v for k, v in summary.items() if k in ("student", "teacher")}))
     return summary
+
+
+def held_out_masked_lm(models: dict, loader) -> dict:
+    """Masked-LM accuracy and perplexity of each model on the held-out split (validation: raw text keeps
+    no test split), at the eval collator's epoch-0 masks — the same positions for every model."""
+    import torch
+
+    from distill.evaluate import masked_lm_metrics, masked_lm_stats
+
+    if loader is None:
+        return {}
+    out = {}
+    for name, model in models.items():
+        if model is None or getattr(model, "task", None) not in ("mlm", "pretraining"):
+            continue
+        model.eval()
+        totals = torch.zeros(5)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            for batch in loader:
+                totals += masked_lm_stats(model, {k: v.to(device) for k, v in batch.items()}).sum(0).cpu()
+        out[name] = masked_lm_metrics(totals)
+    if "teacher" in out:  # its NSP head is whatever the checkpoint had (the packaged one: none): not scored
+        out["teacher"].pop("nsp_accuracy", None)
+    return out
 
 
 def _plot_curves(out: Path) -> None:

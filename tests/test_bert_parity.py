@@ -150,3 +150,21 @@ def test_parity_with_packaged_minilm(seed):
     assert Path(path, "model.safetensors").is_file()
     ids, mask = padded_batch(seed, batch=3, length=16, vocab=30522)
     assert compare(ours, hf, ids, mask, real_only=True) <= 1e-5
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pretraining_heads_match_transformers_on_padded_batches(seed):
+    """MLM logits (B, T, V) at real tokens and NSP logits (B, 2), token types set: ≤ 1e-5."""
+    ours, hf = _pair(heads.BertForPreTraining, transformers.BertForPreTraining, seed)
+    ids, mask = padded_batch(seed)
+    types = (torch.arange(ids.shape[1]) >= 4).long().expand_as(ids) * mask  # segment B from position 4
+    with torch.no_grad():
+        o = ours(ids, mask, token_type_ids=types)
+        h = hf(input_ids=ids, attention_mask=mask, token_type_ids=types)
+        positions = mask.bool() & (torch.arange(ids.shape[1]) % 3 == 1)  # only some positions decoded
+        at = ours(ids, mask, token_type_ids=types, mlm_positions=positions).logits
+    real = mask.bool()
+    assert (o.logits - h.prediction_logits)[real].abs().max() <= 1e-5
+    assert (o.nsp_logits - h.seq_relationship_logits).abs().max() <= 1e-5
+    assert at.shape == (int(positions.sum()), ours.config.vocab_size)
+    assert (at - h.prediction_logits[positions]).abs().max() <= 1e-5

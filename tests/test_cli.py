@@ -225,6 +225,9 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     (["train", "trainer.lr=abc"], ["trainer.lr", "abc"]),
     (["train", "data=files"], ["missing required value data.train_file"]),
     (["train", "student=tiny", "student.layers=[1]"], ["unknown key 'student.layers'"]),
+    # two unknown keys under a node that does not exist: the first is named, with the keys of its parent
+    (["train", "recipe=general_compact", "data.mlm.head.epochs=8", "data.mlm.head.lr=0.05"],
+     ["unknown key 'data.mlm.head.epochs'", "valid keys under data.mlm: probability"]),
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])

@@ -21,6 +21,7 @@ AUTO = {
     "sequence": transformers.AutoModelForSequenceClassification,
     "token": transformers.AutoModelForTokenClassification,
     "mlm": transformers.AutoModelForMaskedLM,
+    "pretraining": transformers.AutoModelForPreTraining,
 }
 
 
@@ -31,22 +32,27 @@ def _ours(task, seed=0):
     return model.eval()
 
 
-@pytest.mark.parametrize("task", ["sequence", "token", "mlm"])
+def _logits(out):
+    return out.prediction_logits if hasattr(out, "prediction_logits") else out.logits
+
+
+@pytest.mark.parametrize("task", ["sequence", "token", "mlm", "pretraining"])
 def test_ours_to_transformers_round_trip(tmp_path, task):
     ours = _ours(task)
     save_pretrained(ours, tmp_path / "m")
     hf, info = AUTO[task].from_pretrained(tmp_path / "m", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(hf).__name__ == type(ours).__name__
     ids, mask = padded_batch(0)
     with torch.no_grad():
         a = ours(ids, mask).logits
-        b = hf.eval()(input_ids=ids, attention_mask=mask).logits
+        b = _logits(hf.eval()(input_ids=ids, attention_mask=mask))
     real = mask.bool()
     diff = (a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()
     assert diff <= 1e-5
 
 
-@pytest.mark.parametrize("task", ["sequence", "token", "mlm"])
+@pytest.mark.parametrize("task", ["sequence", "token", "mlm", "pretraining"])
 def test_transformers_to_ours_round_trip(tmp_path, task):
     torch.manual_seed(1)
     hf = AUTO[task].from_config(tiny_config()).eval()
@@ -55,7 +61,7 @@ def test_transformers_to_ours_round_trip(tmp_path, task):
     ids, mask = padded_batch(1)
     with torch.no_grad():
         a = ours(ids, mask).logits
-        b = hf(input_ids=ids, attention_mask=mask).logits
+        b = _logits(hf(input_ids=ids, attention_mask=mask))
     real = mask.bool()
     assert ((a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()) <= 1e-5
 

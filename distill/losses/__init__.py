@@ -2,6 +2,7 @@
 
 Terms (build from YAML with ``_target_: distill.losses.<file>.<Class>``):
   logits.py     LogitsKL, SoftCrossEntropy, LogitsMSE
+  mlm.py        MaskedLM, MaskedLMKD, NextSentence (pre-training objectives, general distillation)
   hard.py       HardCrossEntropy (gold labels, no teacher)
   hidden.py     HiddenMSE, HiddenCosine, PatientKD
   attention.py  AttentionMSE, AttentionKL
@@ -14,6 +15,7 @@ from distill.losses.base import CompositeLoss, DistillLoss
 from distill.losses.hard import HardCrossEntropy
 from distill.losses.hidden import HiddenCosine, HiddenMSE, PatientKD
 from distill.losses.logits import LogitsKL, LogitsMSE, SoftCrossEntropy
+from distill.losses.mlm import MaskedLM, MaskedLMKD, NextSentence
 from distill.losses.relation import MiniLMRelation
 from distill.losses.schedules import Constant, Linear, Schedule
 
@@ -29,7 +31,10 @@ __all__ = [
     "Linear",
     "LogitsKL",
     "LogitsMSE",
+    "MaskedLM",
+    "MaskedLMKD",
     "MiniLMRelation",
+    "NextSentence",
     "PatientKD",
     "Schedule",
     "SoftCrossEntropy",

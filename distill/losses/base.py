@@ -27,7 +27,7 @@ from distill.layer_map import format_table
 from distill.losses.schedules import Constant, Schedule, as_schedule, progress_of
 from distill.outputs import ModelOutputs
 
-FIELDS = frozenset({"logits", "hidden_states", "attentions", "qkv"})
+FIELDS = frozenset({"logits", "nsp_logits", "hidden_states", "attentions", "qkv"})
 Row = tuple[str, str, str, str]  # student, teacher, shapes, projection
 
 

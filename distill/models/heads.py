@@ -1,6 +1,6 @@
 """Task heads on the in-house encoder, named as in ``transformers`` so state dicts map key for key.
 
-``TASK_CLASSES`` maps a task name (sequence | token | mlm | base) to its class: what every loader
+``TASK_CLASSES`` maps a task name (sequence | token | mlm | pretraining | base) to its class: what every loader
 (``hub.from_pretrained``, the student builders) instantiates.
 """
 
@@ -101,9 +101,42 @@ class BertForMaskedLM(BertPreTrainedModel):
         super().init_weights()
         nn.init.zeros_(self.cls.predictions.bias)  # HF's init: the decoder bias starts at zero
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, **kw) -> ModelOutputs:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, mlm_positions: Tensor | None = None,
+                **kw) -> ModelOutputs:
         out = self.bert(input_ids, attention_mask, **kw)
-        return _with_logits(out, self.cls.predictions(out.last_hidden_state))
+        return _with_logits(out, self.cls.predictions(_at(out.last_hidden_state, mlm_positions)))
+
+
+class BertPreTrainingHeads(nn.Module):
+    def __init__(self, config: BertConfig, word_embeddings: nn.Embedding):
+        super().__init__()
+        self.predictions = BertLMPredictionHead(config, word_embeddings)
+        self.seq_relationship = nn.Linear(config.hidden_size, 2)
+
+
+class BertForPreTraining(BertForMaskedLM):
+    """BERT's two pre-training heads: masked-LM logits (B, T, V) and next-sentence logits (B, 2) from the
+    pooled [CLS] (``cls.predictions.*``, ``cls.seq_relationship.*``: transformers' ``BertForPreTraining`` keys)."""
+
+    task = "pretraining"
+
+    def __init__(self, config: BertConfig):
+        BertPreTrainedModel.__init__(self, config)
+        self.bert = BertModel(config, add_pooling_layer=True)
+        self.cls = BertPreTrainingHeads(config, self.bert.embeddings.word_embeddings)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, mlm_positions: Tensor | None = None,
+                **kw) -> ModelOutputs:
+        out = self.bert(input_ids, attention_mask, **kw)
+        nsp = self.cls.seq_relationship(self.bert.pooler(out.last_hidden_state))  # (B, 2)
+        logits = self.cls.predictions(_at(out.last_hidden_state, mlm_positions))
+        return dataclasses.replace(out, logits=logits, nsp_logits=nsp)
+
+
+def _at(hidden: Tensor, positions: Tensor | None) -> Tensor:
+    """(B, T, H) → (N, H) at ``positions`` (B, T) bool, row-major: only the masked tokens go through the
+    vocabulary-sized decoder (a 4×128 student's full (B, T, 30522) logits would be most of a step)."""
+    return hidden if positions is None else hidden[positions.bool()]
 
 
 def _with_logits(out: ModelOutputs, logits: Tensor) -> ModelOutputs:
@@ -114,5 +147,6 @@ TASK_CLASSES = {
     "sequence": BertForSequenceClassification,
     "token": BertForTokenClassification,
     "mlm": BertForMaskedLM,
+    "pretraining": BertForPreTraining,
     "base": BertModel,
 }
