@@ -120,6 +120,20 @@ def test_student_from_pretrained_takes_the_teachers_task_and_labels(tmp_path):
     assert all(torch.equal(v, saved.state_dict()[k]) for k, v in student.state_dict().items())
 
 
+def test_a_general_mlm_student_starts_a_task_and_builder_options_are_refused(tmp_path):
+    """A masked-LM student (general distillation) → a sequence student: its encoder, a fresh head; an
+    option of the from-config builders (project_embeddings) is one line, not a silent config attribute."""
+    teacher = _ours("sequence")
+    general = student_from_config(_ours("mlm"), num_hidden_layers=1, hidden_size=16, num_attention_heads=2)
+    save_pretrained(general, tmp_path / "g")
+    student = student_from_pretrained(teacher, str(tmp_path / "g"))
+    assert type(student).__name__ == "BertForSequenceClassification"
+    encoder = {k: v for k, v in general.state_dict().items() if k.startswith("bert.")}
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in encoder.items())
+    with pytest.raises(DistillError, match="project_embeddings is not a BERT config setting"):
+        student_from_pretrained(teacher, str(tmp_path / "g"), project_embeddings=True)
+
+
 def test_project_embeddings_keeps_the_top_principal_directions():
     teacher = _ours("sequence")  # hidden 32
     words = teacher.bert.embeddings.word_embeddings.weight.detach()
