@@ -16,7 +16,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from distill.errors import DistillError
 
-GROUPS = ("teacher", "student", "data", "losses", "trainer", "logger")
+# the config groups of config.yaml's defaults list: teacher, student, data, losses, trainer, logger, augment
+GROUPS = tuple(next(iter(d)) for d in OmegaConf.load(resources.files("distill") / "conf" / "config.yaml").defaults
+               if isinstance(d, DictConfig))
 
 
 def options(group: str) -> list[str]:
@@ -82,7 +84,10 @@ def _unknown_key(overrides: list[str]) -> tuple[str | None, DictConfig]:
     parsed = OverridesParser.create().parse_overrides(overrides)
     values = [o for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())
               and o.get_key_element().split("@")[0] not in (*GROUPS, "recipes")]
-    base = compose("config", overrides=[o.input_line for o in parsed if o not in values])
+    try:
+        base = compose("config", overrides=[o.input_line for o in parsed if o not in values])
+    except (ConfigCompositionException, OmegaConfBaseException):  # the mistake is in a group, ~ or + override
+        return None, None
     return next((o.get_key_element() for o in values if not _has_key(base, o.get_key_element())), None), base
 
 

@@ -536,8 +536,9 @@ def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_me
         from distill.models.hub import load_state_dict, load_weights
         load_weights(student, load_state_dict(out / "best"), str(out / "best"))
     final = final_metrics(student) if final_metrics is not None and accelerator.is_main_process else None
-    if final:
-        accelerator.log({f"test/{k}": v for k, v in flat_scalars(final).items() if isinstance(v, int | float)},
+    if final:  # under test/, or the split the metrics name (raw text: validation)
+        split = final.get("split", "test")
+        accelerator.log({f"{split}/{k}": v for k, v in flat_scalars(final).items() if isinstance(v, int | float)},
                         step=state.global_step)
     accelerator.end_training()
     return TrainResult(student, state.global_step, state.best, state.best_step, state.nonfinite, state.teacher_calls,

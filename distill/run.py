@@ -6,6 +6,7 @@ engine; then the student (HF format) and ``metrics.json`` land in the run dir.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
@@ -31,6 +32,9 @@ log = logging.getLogger(__name__)
 
 def model_task(cfg: DictConfig, data) -> str:
     """The models' head: the data's task; raw text: the bare encoder, or the masked-LM with data.mlm."""
+    if cfg.data.get("mlm") and data.task != "raw":
+        raise DistillError(f"data.mlm masks raw text, but {data.name} is a {data.task} task; drop data.mlm or use "
+                           "a raw-text data node (data=imdb_raw)")
     if data.task != "raw":
         return data.task
     if not cfg.data.get("mlm"):
@@ -46,6 +50,8 @@ def build_models(cfg: DictConfig, data):
     if cfg.get("teacher") is not None:
         log.info("Instantiating teacher <%s>", cfg.teacher._target_)
         teacher = hydra.utils.instantiate(cfg.teacher, task=task, **labels)
+        if cfg.data.get("mlm"):  # the head it teaches with, before a student built from it copies it
+            teacher = with_masked_lm_head(cfg, teacher, data)
     log.info("Instantiating student <%s>", cfg.student._target_)
     if teacher is not None:
         student = hydra.utils.instantiate(cfg.student, teacher=teacher)
@@ -133,15 +139,36 @@ def masked_lm_settings(node: DictConfig):
         raise DistillError(f"data.mlm: {e.msg}") from None
 
 
-def with_masked_lm_head(cfg: DictConfig, teacher, tokenizer, data):
-    """The teacher with a masked-LM head to learn from: its own, or one fitted (and cached) on the corpus."""
+def with_masked_lm_head(cfg: DictConfig, teacher, data):
+    """The teacher with a masked-LM head to learn from: its checkpoint's own, or, when the checkpoint has
+    none (the packaged MiniLM), one fitted once on the corpus and cached (one process fits, the rest read)."""
     from distill.data.mlm_head import masked_lm
 
     settings = masked_lm_settings(cfg.data.mlm)
+    fit = settings.teacher_head
+    newly = getattr(teacher, "newly_initialised", None)  # None: built, not loaded (a random test model)
+    if newly is not None and not any(k.startswith("cls.predictions.") for k in newly):
+        log.info("masked-LM: the teacher checkpoint's own head")
+        fit = dataclasses.replace(fit, epochs=0)
     texts = list(data.splits["train"]["text"][:settings.head_texts])
     held = data.splits.get("validation")
     held_out = [] if held is None else list(held["text"][:500])
-    return masked_lm(teacher, tokenizer, texts, held_out, settings.teacher_head)
+    tokenizer = load_tokenizer(teacher.config.name_or_path)
+    with launch.state().main_process_first():
+        teacher = masked_lm(teacher.to(launch.state().device), tokenizer, texts, held_out, fit)
+    return teacher.cpu()
+
+
+def check_next_sentence(cfg: DictConfig, loss) -> None:
+    """Sentence pairs (data.mlm.nsp) and a next-sentence loss term come together."""
+    mlm = cfg.data.get("mlm")
+    pairs, nsp_loss = bool(mlm and mlm.get("nsp")), "nsp_logits" in loss.needs
+    if pairs and not nsp_loss:
+        raise DistillError("data.mlm.nsp=true trains the next-sentence head, but no loss term reads it; add "
+                           "losses.nsp={_target_: distill.losses.mlm.NextSentence} (recipe=general_compact_nsp)")
+    if nsp_loss and not pairs:
+        raise DistillError("a NextSentence loss term needs sentence pairs; set data.mlm.nsp=true "
+                           "(recipe=general_compact_nsp) or drop the term")
 
 
 def loaders(cfg: DictConfig, tokenized, tokenizer, seed: int):
@@ -170,6 +197,9 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     from accelerate.utils import set_seed
 
     set_seed(tcfg.seed)  # student init (random layers, heads) is part of the experiment
+    log.info("Instantiating losses <%s>", cfg.losses._target_)
+    loss = hydra.utils.instantiate(cfg.losses)  # no parameters yet (setup makes projections): no RNG drawn
+    check_next_sentence(cfg, loss)
     data = load_data(cfg, tcfg.seed)
     teacher, student = build_models(cfg, data)
     check_compatible(teacher, student)
@@ -178,8 +208,6 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
         data = augmented(cfg.data.augment, data, tokenizer)
-    if cfg.data.get("mlm") and teacher is not None:
-        teacher = with_masked_lm_head(cfg, teacher, tokenizer, data)
     if cfg.data.get("mlm") and cfg.data.mlm.get("nsp"):  # sentence pairs instead of chunks
         from distill.data.pairs import sentence_pairs
 
@@ -187,8 +215,6 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     else:
         tokenized = tokenize(data, tokenizer, cfg.data.max_length)
     log.info(summarize(data, tokenized))
-    log.info("Instantiating losses <%s>", cfg.losses._target_)
-    loss = hydra.utils.instantiate(cfg.losses)
     loss.setup(student.config, teacher.config if teacher is not None else None)
     if teacher is not None and loss.uses_teacher:
         log.info("layer map\n%s", loss.dry_run_table(student.config, teacher.config))
@@ -206,7 +232,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
     def test_metrics(trained) -> dict:  # the test split, for metrics.json and the trackers' test/ keys
         if cfg.data.get("mlm"):
-            return held_out_masked_lm({"student": trained, "teacher": teacher}, eval_loader)
+            bf16 = launch.effective_precision(tcfg.mixed_precision) == "bf16"  # as the in-loop evaluation ran
+            return held_out_masked_lm({"student": trained, "teacher": teacher}, eval_loader, bf16)
         if "test" not in tokenized or data.task == "raw":
             return {}
         models = {"student": trained, "teacher": teacher}
@@ -230,9 +257,10 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     return summary
 
 
-def held_out_masked_lm(models: dict, loader) -> dict:
-    """Masked-LM accuracy and perplexity of each model on the held-out split (validation: raw text keeps
-    no test split), at the eval collator's epoch-0 masks — the same positions for every model."""
+def held_out_masked_lm(models: dict, loader, bf16: bool = False) -> dict:
+    """Masked-LM accuracy and perplexity of each model on the validation split (raw text keeps no test
+    split; ``split`` says so, and the trackers log them under ``validation/``), at the eval collator's
+    epoch-0 masks — the same positions for every model."""
     import torch
 
     from distill.evaluate import masked_lm_metrics, masked_lm_stats
@@ -246,13 +274,13 @@ def held_out_masked_lm(models: dict, loader) -> dict:
         model.eval()
         totals = torch.zeros(5)
         device = next(model.parameters()).device
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             for batch in loader:
                 totals += masked_lm_stats(model, {k: v.to(device) for k, v in batch.items()}).sum(0).cpu()
         out[name] = masked_lm_metrics(totals)
     if "teacher" in out:  # its NSP head is whatever the checkpoint had (the packaged one: none): not scored
         out["teacher"].pop("nsp_accuracy", None)
-    return out
+    return {"split": "validation", **out} if out else {}
 
 
 def _plot_curves(out: Path) -> None:

@@ -228,6 +228,9 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     # two unknown keys under a node that does not exist: the first is named, with the keys of its parent
     (["train", "recipe=general_compact", "data.mlm.head.epochs=8", "data.mlm.head.lr=0.05"],
      ["unknown key 'data.mlm.head.epochs'", "valid keys under data.mlm: probability"]),
+    (["train", "augment=words", "trainer.lrr=1"], ["unknown key 'trainer.lrr'"]),  # augment is a group, not a key
+    (["train", "~trainer.foo"], ["Could not delete from config"]),
+    (["train", "+trainer.lr=1"], ["Could not append to config"]),
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])

@@ -47,6 +47,9 @@ def test_ours_to_transformers_round_trip(tmp_path, task):
     with torch.no_grad():
         a = ours(ids, mask).logits
         b = _logits(hf.eval()(input_ids=ids, attention_mask=mask))
+        if task == "pretraining":
+            nsp = ours(ids, mask).nsp_logits - hf(input_ids=ids, attention_mask=mask).seq_relationship_logits
+            assert nsp.abs().max() <= 1e-5
     real = mask.bool()
     diff = (a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()
     assert diff <= 1e-5
@@ -58,10 +61,14 @@ def test_transformers_to_ours_round_trip(tmp_path, task):
     hf = AUTO[task].from_config(tiny_config()).eval()
     hf.save_pretrained(tmp_path / "hf")
     ours = from_pretrained(tmp_path / "hf", task=task)
+    assert not ours.newly_initialised  # every head tensor came from the checkpoint
     ids, mask = padded_batch(1)
     with torch.no_grad():
         a = ours(ids, mask).logits
         b = _logits(hf(input_ids=ids, attention_mask=mask))
+        if task == "pretraining":
+            nsp = (ours(ids, mask).nsp_logits - hf(input_ids=ids, attention_mask=mask).seq_relationship_logits)
+            assert nsp.abs().max() <= 1e-5
     real = mask.bool()
     assert ((a - b).abs().max() if a.dim() == 2 else (a - b)[real].abs().max()) <= 1e-5
 

@@ -225,9 +225,8 @@ def test_interrupted_general_distillation_resumes_to_identical_weights(tmp_path,
         student = student_from_config(teacher, 1, 16, 2, 32)
         loss = CompositeLoss(kd=MaskedLMKD(temperature=2.0), mlm=_InterruptAt(interrupt_at), cosine=HiddenCosine())
         loss.setup(student.config, teacher.config)
-        collate = MaskingCollator(tokenizer)
-        train_loader = make_dataloader(tokenized["train"], collate, 16, shuffle=True, seed=0)
-        eval_loader = make_dataloader(tokenized["validation"], collate, 16, shuffle=False)
+        train_loader = make_dataloader(tokenized["train"], MaskingCollator(tokenizer), 16, shuffle=True, seed=0)
+        eval_loader = make_dataloader(tokenized["validation"], MaskingCollator(tokenizer), 16, shuffle=False)
         return train(H.config(epochs=2, load_best_at_end=False), student, loss, train_loader, eval_loader, out,
                      "mlm", [], teacher=teacher)
 
@@ -239,3 +238,40 @@ def test_interrupted_general_distillation_resumes_to_identical_weights(tmp_path,
     assert resumed.steps == full.steps == 14
     weights = full.student.state_dict()
     assert all(torch.equal(weights[k], v) for k, v in resumed.student.state_dict().items())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["data=tiny"], "data.mlm masks raw text, but tiny-sequence is a sequence task"),
+    (["data=tiny", "data.source.task=raw", "data.mlm.nsp=true"], "data.mlm.nsp=true trains the next-sentence head"),
+    (["data=tiny", "data.source.task=raw", "+losses.nsp._target_=distill.losses.mlm.NextSentence"],
+     "a NextSentence loss term needs sentence pairs"),
+])
+def test_mismatched_masked_lm_settings_are_one_line(tmp_path, args, message):
+    run = _cli("train", "recipe=general_compact", "teacher=tiny", "student=tiny", "data.mlm.teacher_head.epochs=0",
+               *args, f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache")
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1].startswith(f"error: {message}"), run.stderr[-500:]
+
+
+def test_a_teacher_checkpoint_with_a_masked_lm_head_keeps_it(tmp_path):
+    """Only a checkpoint without cls.predictions (the packaged MiniLM) gets a fitted head; a real
+    masked-LM teacher (e.g. bert-base-uncased) teaches with its own."""
+    from omegaconf import OmegaConf
+
+    from distill.data.sources import tiny
+    from distill.models.hub import from_pretrained, save_pretrained
+    from distill.models.student import random_bert
+    from distill.run import with_masked_lm_head
+
+    torch.manual_seed(0)
+    model = random_bert("mlm", num_hidden_layers=1, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    save_pretrained(model, tmp_path / "mlm", load_tokenizer(minilm_l6_path()))
+    cfg = OmegaConf.create({"data": {"mlm": {"head_texts": 50, "teacher_head": {"epochs": 1, "max_length": 32}}}})
+    teacher = from_pretrained(tmp_path / "mlm", task="mlm")
+    head = {k: v.clone() for k, v in teacher.cls.state_dict().items()}
+    kept = with_masked_lm_head(cfg, teacher, tiny(task="raw", rows=60))
+    assert all(torch.equal(v, kept.cls.state_dict()[k]) for k, v in head.items())
+    bare = from_pretrained(tmp_path / "mlm", task="base")
+    save_pretrained(bare, tmp_path / "bare", load_tokenizer(minilm_l6_path()))
+    fitted = with_masked_lm_head(cfg, from_pretrained(tmp_path / "bare", task="mlm"), tiny(task="raw", rows=60))
+    assert not torch.equal(fitted.cls.predictions.transform.dense.weight, head["predictions.transform.dense.weight"])

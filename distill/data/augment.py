@@ -247,6 +247,8 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     held = data.splits.get("validation")
     held_texts = [] if held is None else [" ".join(t) for t in held["tokens"]] if data.task == "token" else held["text"]
     bf16 = resolve_precision(settings.precision) == "bf16"
+    if bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
+        raise DistillError("data.augment.precision=bf16, but this GPU has no bf16 (before Ampere); use auto or no")
     mlm_key = mlm_fingerprint(mlm, tokenizer, texts, settings.mlm, "bf16" if bf16 else "no")
     key = _fingerprint(data, tokenizer, settings, mlm_key, extra_text)
     path = cache_dir() / "augment" / f"{data.name or 'data'}-{key}"

@@ -1,7 +1,8 @@
 """Sentence pairs for next-sentence prediction (BERT's second pre-training objective).
 
 Each document (a raw text) is split into sentences and walked from the start: segment A takes
-consecutive sentences up to about half of the ``max_length − 3`` token budget (at least one), segment
+consecutive sentences up to half of the ``max_length − 3`` token budget (one pair in ten: up to a random
+length instead, so short A segments occur, as in BERT; always at least one sentence), segment
 B then is, with probability ½, the sentences that follow A in the same document (label 0, "is next"),
 otherwise sentences from a random other document of the same map batch (label 1, "random"), up to the
 rest of the budget; the walk goes on after A's sentences. A row is ``[CLS] A [SEP] B [SEP]`` with
@@ -22,9 +23,10 @@ import re
 import datasets
 
 from distill.data.corpus import TaskData
-from distill.data.tokenize import IDS, MASK, VERSION, tokenizer_key
+from distill.data.tokenize import IDS, MASK, tokenizer_key
 from distill.errors import DistillError
 
+VERSION = 1  # bump when the pairing below changes, so cached pairs are rebuilt
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+|<br\s*/?>\s*(?:<br\s*/?>\s*)*")
 FEATURES = datasets.Features({"input_ids": IDS, "attention_mask": MASK, "token_type_ids": MASK,
                               "next_sentence_label": datasets.Value("int64"), "idx": datasets.Value("int64"),
@@ -63,12 +65,13 @@ def _encode_pairs(batch: dict, indices: list[int], tokenizer, max_length: int, s
     budget = max_length - 3
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     out = {k: [] for k in FEATURES}
+    texts = [o for o in range(len(docs)) if docs[o]]  # documents a random segment B may come from
     for d, (doc, index) in enumerate(zip(docs, indices)):
         rng = random.Random(f"{seed}|{index}")
+        others = [o for o in texts if o != d]
         start = 0
         while start < len(doc) - 1:
             a, end = _take(doc, start, max(budget // 2, 1) if rng.random() < 0.9 else rng.randint(1, budget))
-            others = [o for o in range(len(docs)) if o != d and docs[o]]
             if rng.random() < 0.5 or not others:
                 b, _ = _take(doc, end, budget - len(a))
                 label = 0 if b else None
@@ -102,7 +105,7 @@ def sentence_pairs(data: TaskData, tokenizer, max_length: int = 128, seed: int =
         raise DistillError(f"data.max_length={max_length} leaves no room for a sentence pair; use at least 8")
     out = {}
     for split, ds in data.splits.items():
-        key = hashlib.sha256(f"{ds._fingerprint}|{tokenizer_key(tokenizer)}|{max_length}|{seed}|nsp|{VERSION}"
+        key = hashlib.sha256(f"{ds._fingerprint}|{tokenizer_key(tokenizer)}|{max_length}|{seed}|pairs|{VERSION}"
                              .encode()).hexdigest()[:16]
         pairs = ds.map(functools.partial(_encode_pairs, tokenizer=tokenizer, max_length=max_length, seed=seed),
                        batched=True, batch_size=1000, with_indices=True, remove_columns=ds.column_names,

@@ -88,7 +88,7 @@ class BertOnlyMLMHead(nn.Module):
 
 
 class BertForMaskedLM(BertPreTrainedModel):
-    """Masked-LM head (BERT's pre-training objective); logits (B, T, V)."""
+    """Masked-LM head (BERT's pre-training objective); logits (B, T, V), or (N, V) at ``mlm_positions``."""
 
     task = "mlm"
 
@@ -115,8 +115,9 @@ class BertPreTrainingHeads(nn.Module):
 
 
 class BertForPreTraining(BertForMaskedLM):
-    """BERT's two pre-training heads: masked-LM logits (B, T, V) and next-sentence logits (B, 2) from the
-    pooled [CLS] (``cls.predictions.*``, ``cls.seq_relationship.*``: transformers' ``BertForPreTraining`` keys)."""
+    """BERT's two pre-training heads: masked-LM logits (B, T, V) — (N, V) at ``mlm_positions`` when given —
+    and next-sentence logits (B, 2) from the pooled [CLS] (``cls.predictions.*``, ``cls.seq_relationship.*``:
+    transformers' ``BertForPreTraining`` keys)."""
 
     task = "pretraining"
 

@@ -137,6 +137,7 @@ def load_weights(model: BertPreTrainedModel, sd: dict[str, torch.Tensor], source
             )
     missing, unexpected = model.load_state_dict(sd, strict=False)
     missing = [k for k in missing if k != "cls.predictions.decoder.weight"]  # tied to embeddings
+    model.newly_initialised = sorted(missing)  # e.g. a masked-LM head the checkpoint lacks (run fits one)
     encoder_missing = [k for k in missing if k.startswith(("bert.embeddings", "bert.encoder", "embeddings", "encoder"))]
     if encoder_missing:
         raise DistillError(f"{source} lacks encoder weights (e.g. {encoder_missing[0]}); not a BERT checkpoint")
