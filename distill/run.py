@@ -208,12 +208,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
         data = augmented(cfg.data.augment, data, tokenizer)
-    if cfg.data.get("mlm") and cfg.data.mlm.get("nsp"):  # sentence pairs instead of chunks
-        from distill.data.pairs import sentence_pairs
-
-        tokenized = sentence_pairs(data, tokenizer, cfg.data.max_length)
-    else:
-        tokenized = tokenize(data, tokenizer, cfg.data.max_length)
+    tokenized = tokenized_splits(cfg, data, tokenizer)
     log.info(summarize(data, tokenized))
     loss.setup(student.config, teacher.config if teacher is not None else None)
     if teacher is not None and loss.uses_teacher:
@@ -230,9 +225,30 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= {"logits"}:
         from distill.teacher_cache import fingerprint
         cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
-    def test_metrics(trained) -> dict:  # the test split, for metrics.json and the trackers' test/ keys
+    task = "mlm" if cfg.data.get("mlm") else data.task
+    result = train(tcfg, student, loss, train_loader, eval_loader, str(out), task, data.label_names,
+                   teacher=engine_teacher, cache_key=cache_key, run_config=OmegaConf.to_container(cfg, resolve=True),
+                   final_metrics=final_metrics(cfg, data, tokenized, teacher, eval_loader))
+    if not launch.state().is_main_process:  # every process trained; one writes the results
+        return {}
+    return write_results(out, result, teacher, tokenizer)
+
+
+def tokenized_splits(cfg: DictConfig, data, tokenizer):
+    """Token ids of every split: sentence pairs for next-sentence prediction, else ``tokenize``'s rows."""
+    if cfg.data.get("mlm") and cfg.data.mlm.get("nsp"):
+        from distill.data.pairs import sentence_pairs
+
+        return sentence_pairs(data, tokenizer, cfg.data.max_length)
+    return tokenize(data, tokenizer, cfg.data.max_length)
+
+
+def final_metrics(cfg: DictConfig, data, tokenized, teacher, eval_loader):
+    """What the trained student (and the teacher) score at the end, for metrics.json and the trackers:
+    the test split, or masked-LM figures on validation for raw text."""
+    def measure(trained) -> dict:
         if cfg.data.get("mlm"):
-            bf16 = launch.effective_precision(tcfg.mixed_precision) == "bf16"  # as the in-loop evaluation ran
+            bf16 = launch.effective_precision(cfg.trainer.mixed_precision) == "bf16"  # as the in-loop evaluation
             return held_out_masked_lm({"student": trained, "teacher": teacher}, eval_loader, bf16)
         if "test" not in tokenized or data.task == "raw":
             return {}
@@ -240,12 +256,11 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         return {name: task_metrics(predict(torch_forward(m), tokenized["test"], data.task), data.label_names)
                 for name, m in models.items() if m is not None}
 
-    task = "mlm" if cfg.data.get("mlm") else data.task
-    result = train(tcfg, student, loss, train_loader, eval_loader, str(out), task, data.label_names,
-                   teacher=engine_teacher, cache_key=cache_key,
-                   run_config=OmegaConf.to_container(cfg, resolve=True), final_metrics=test_metrics)
-    if not launch.state().is_main_process:  # every process trained; one writes the results
-        return {}
+    return measure
+
+
+def write_results(out: Path, result, teacher, tokenizer) -> dict:
+    """student/, metrics.json and the training curves; returns the metrics."""
     save_pretrained(result.student, out / "student", tokenizer)
     summary = {"steps": result.steps, "best_validation": result.best, "nonfinite": result.nonfinite,
                "student_params": count_parameters(result.student), **result.final}
