@@ -132,6 +132,7 @@ def test_general_distillation_from_the_cli_then_a_task_stage_from_its_student(tm
     evals = [row for row in logged if "eval/mlm_accuracy" in row]
     assert [row["step"] for row in evals] == [3, 6]
     assert metrics["best_validation"] == max(row["eval/mlm_accuracy"] for row in evals)
+    assert metrics["split"] == "validation" and (general / "training_curves.png").stat().st_size > 0
     hf, info = transformers.AutoModelForMaskedLM.from_pretrained(general / "student", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and hf.config.hidden_size == 16
     task = _cli("train", "data=tiny", "teacher=tiny", "student=pretrained",
