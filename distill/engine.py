@@ -32,7 +32,7 @@ from distill.errors import DistillError
 from distill.evaluate import MODEL_INPUTS, Predictions, main_metric, masked_lm_metrics, masked_lm_stats, metrics
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
-from distill.outputs import ModelOutputs
+from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
@@ -193,14 +193,14 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, task: str, labe
             logits = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch}).logits.float()
         p, y = logits.argmax(-1), batch["labels"]
         if task == "token":  # (B, T): equal T on every process before gathering
-            p = accelerator.pad_across_processes(p, dim=1, pad_index=-100)
-            y = accelerator.pad_across_processes(y, dim=1, pad_index=-100)
+            p = accelerator.pad_across_processes(p, dim=1, pad_index=IGNORE_INDEX)
+            y = accelerator.pad_across_processes(y, dim=1, pad_index=IGNORE_INDEX)
         p, y = accelerator.gather_for_metrics((p, y))
         preds += list(p.cpu().numpy()) if task == "token" else p.cpu().tolist()
         labels += list(y.cpu().numpy()) if task == "token" else y.cpu().tolist()
     model.train()
     if task == "token":  # one unit per labelled word; the row it came from is its bootstrap group
-        keep = [np.asarray(y) != -100 for y in labels]
+        keep = [np.asarray(y) != IGNORE_INDEX for y in labels]
         pred = Predictions(task, np.concatenate([np.asarray(y)[k] for y, k in zip(labels, keep)]),
                            np.concatenate([np.asarray(p)[k] for p, k in zip(preds, keep)]),
                            np.concatenate([np.full(k.sum(), i) for i, k in enumerate(keep)]))

@@ -25,6 +25,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from torch import Tensor
 
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -41,7 +42,7 @@ def masked_lm_stats(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     with NSP pairs and a pre-training model, next sentence predicted right and 1 (else 0, 0).
     ``batch`` comes from ``MaskingCollator`` (labels −100 except at the masked positions)."""
     out = model(**{k: batch[k] for k in (*MODEL_INPUTS, "mlm_positions") if k in batch})
-    keep = batch["labels"] != -100  # (B, T)
+    keep = batch["labels"] != IGNORE_INDEX  # (B, T)
     logits = out.logits.float()
     logits = logits if logits.dim() == 2 else logits[keep]  # (N, V)
     targets = batch["labels"][keep]  # (N,)
@@ -107,7 +108,7 @@ def pad_rows(rows: Sequence[dict]) -> dict[str, Tensor]:
         if key == "labels" and not isinstance(rows[0][key], (list, tuple, np.ndarray, Tensor)):
             batch[key] = torch.tensor([int(r[key]) for r in rows])  # (B,) sequence labels
             continue
-        fill = -100 if key == "labels" else 0
+        fill = IGNORE_INDEX if key == "labels" else 0
         out = torch.full((len(rows), T), fill, dtype=torch.long)  # (B, T)
         for i, r in enumerate(rows):
             out[i, : len(r[key])] = torch.as_tensor(list(r[key]), dtype=torch.long)
@@ -166,7 +167,7 @@ def predict(forward: Forward, dataset, task: str, batch_size: int = 32) -> Predi
         if task == "token":
             if pred.dim() != 2:
                 raise DistillError("task=token but the model returns one label per row; load it with task=sequence")
-            keep = labels != -100  # first sub-token of each word
+            keep = labels != IGNORE_INDEX  # first sub-token of each word
             trues.append(labels[keep])
             preds.append(pred[:, : labels.shape[1]][keep])
             groups.append(keep.nonzero()[:, 0] + row)

@@ -6,6 +6,9 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+IGNORE_INDEX = -100  # the label every loss and metric skips: padding, non-first sub-words, unmasked tokens,
+# rows the teacher labels (torch's cross-entropy default)
+
 
 @dataclass(frozen=True)
 class ModelOutputs:

@@ -15,7 +15,7 @@ from distill.losses.base import CompositeLoss
 from distill.losses.hard import HardCrossEntropy
 from distill.losses.hidden import HiddenMSE
 from distill.losses.logits import LogitsKL, LogitsMSE
-from distill.models.heads import BertForSequenceClassification
+from distill.models.heads import BertForMaskedLM, BertForSequenceClassification
 from tests.conftest import padded_batch, tiny_config
 
 CONF = Path(distill.__file__).parent / "conf"
@@ -27,25 +27,30 @@ EXPECTED = {  # name → (needs, parts logged)
     "distilbert": ({"logits", "hidden_states"}, {"logits", "hard", "cosine", "temperature"}),
     "pkd": ({"logits", "hidden_states"}, {"logits", "hard", "patient", "temperature"}),
     "hard_only": ({"logits"}, {"hard"}),
+    "mlm_general": ({"logits", "hidden_states"}, {"mlm_kd", "mlm", "cosine", "temperature"}),  # masked-LM models
 }
 
 
-def models():
+def models(cls=BertForSequenceClassification):
     torch.manual_seed(0)
-    teacher = BertForSequenceClassification(tiny_config()).eval()  # 2 layers, 32 wide, 4 heads
-    student = BertForSequenceClassification(tiny_config(num_hidden_layers=1, hidden_size=16, intermediate_size=20))
+    teacher = cls(tiny_config()).eval()  # 2 layers, 32 wide, 4 heads
+    student = cls(tiny_config(num_hidden_layers=1, hidden_size=16, intermediate_size=20))
     return student.eval(), teacher
 
 
 def run(loss, student, teacher):
     ids, mask = padded_batch(0)
     batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 2, 1])}
+    if isinstance(student, BertForMaskedLM):  # labels at a few masked positions; only those are decoded
+        labels = torch.full_like(ids, -100).masked_scatter(mask.bool() & (torch.arange(11) % 4 == 1), ids)
+        batch.update(labels=labels, mlm_positions=labels != -100)
     flags = {f"output_{need}": True for need in loss.needs - {"logits"}}
+    inputs = {"mlm_positions": batch["mlm_positions"]} if "mlm_positions" in batch else {}
     t_out = None
     if loss.uses_teacher:
         with torch.no_grad():
-            t_out = teacher(ids, mask, **flags)
-    return loss(student(ids, mask, **flags), t_out, batch)
+            t_out = teacher(ids, mask, **inputs, **flags)
+    return loss(student(ids, mask, **inputs, **flags), t_out, batch)
 
 
 def test_every_loss_config_is_covered():
@@ -61,7 +66,7 @@ def test_loss_config_composes_builds_and_runs(name):
     needs, logged = EXPECTED[name]
     assert loss.needs == needs
     assert loss.uses_teacher == (name != "hard_only")
-    student, teacher = models()
+    student, teacher = models(BertForMaskedLM if name == "mlm_general" else BertForSequenceClassification)
     loss.setup(student.config, teacher.config if loss.uses_teacher else None)
     table = loss.dry_run_table(student.config, teacher.config if loss.uses_teacher else None)
     assert len(table.splitlines()) >= 3

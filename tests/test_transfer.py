@@ -4,8 +4,9 @@ import datasets
 import pytest
 
 from distill.data.corpus import TaskData
-from distill.data.transfer import IGNORE, sentences, with_transfer
+from distill.data.transfer import sentences, with_transfer
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 
 def _data():
@@ -32,7 +33,7 @@ def test_transfer_rows_are_unlabelled_and_exclude_evaluation_text():
     source = _source(["One two three four five. A test sentence here. Six seven eight nine ten."])
     mixed = with_transfer(_data(), source, max_rows=10)
     train = mixed.splits["train"]
-    assert train["label"] == [0, 1, IGNORE, IGNORE]
+    assert train["label"] == [0, 1, IGNORE_INDEX, IGNORE_INDEX]
     assert train["text"][2:] and "A test sentence here." not in train["text"]
     again = with_transfer(_data(), source, max_rows=10)
     assert again.splits["train"]["text"] == train["text"]  # same pick on every call

@@ -16,8 +16,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill.data.samplers import LengthGroupedBatchSampler, SeededShuffle
-from distill.data.tokenize import IGNORE, lengths
+from distill.data.tokenize import lengths
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 PADDED = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
 KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "idx", "gold")
@@ -46,7 +47,7 @@ class Collator:
                 continue
             values = [r[key] for r in rows]
             if key in PADDED or (key == "labels" and isinstance(values[0], list)):
-                fill = self.pad_token_id if key == "input_ids" else PADDED.get(key, IGNORE)
+                fill = self.pad_token_id if key == "input_ids" else PADDED.get(key, IGNORE_INDEX)
                 out = torch.full((len(rows), longest), fill, dtype=torch.long)  # (B, T)
                 for i, v in enumerate(values):
                     out[i, :len(v)] = torch.as_tensor(v, dtype=torch.long)

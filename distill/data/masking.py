@@ -29,8 +29,8 @@ from transformers import DataCollatorForLanguageModeling
 
 from distill.data.collate import KEYS, Collator
 from distill.data.mlm_head import MLMFit
-from distill.data.tokenize import IGNORE
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 
 @dataclass
@@ -78,7 +78,7 @@ class MaskingCollator:
         offsets = self._offsets(ids) if self.whole_word else None
         batch["input_ids"], labels = self.masker.torch_mask_tokens(ids.clone(), special.long(), offsets)
         batch["labels"] = labels
-        batch["mlm_positions"] = labels != IGNORE
+        batch["mlm_positions"] = labels != IGNORE_INDEX
         return batch
 
     def _offsets(self, ids: torch.Tensor) -> np.ndarray:

@@ -28,10 +28,11 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForLanguageModeling
 
 from distill.data.corpus import cache_dir
-from distill.data.tokenize import IGNORE, tokenizer_key
+from distill.data.tokenize import tokenizer_key
 from distill.errors import DistillError
 from distill.models.heads import BertForMaskedLM
 from distill.models.hub import weights_digest
+from distill.outputs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 VERSION = 2  # bump when the fitting below changes, so old heads are not reused
@@ -74,7 +75,7 @@ def masked_positions_loss(model: BertForMaskedLM, batch: dict, frozen_encoder: b
     labels = batch["labels"]  # (B, T), -100 where not masked
     with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen_encoder):
         hidden = model.bert(batch["input_ids"], batch["attention_mask"]).last_hidden_state  # (B, T, H)
-    keep = labels != IGNORE
+    keep = labels != IGNORE_INDEX
     logits = model.cls.predictions(hidden[keep])  # (N, V)
     targets = labels[keep]  # (N,)
     loss = F.cross_entropy(logits, targets)

@@ -27,10 +27,10 @@ import datasets
 
 from distill.data.corpus import TaskData
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # label id the losses skip
 VERSION = 2  # bump when the encoding below changes, so old cache files are not reused
 IDS = datasets.List(datasets.Value("int32"))
 MASK = datasets.List(datasets.Value("int8"))
@@ -71,7 +71,7 @@ def align_tags(word_ids: list[int | None], tags: list[int]) -> list[int]:
     """Per-word tags → per-sub-token labels: the tag on a word's first sub-token, -100 elsewhere."""
     labels, previous = [], None
     for word in word_ids:
-        labels.append(IGNORE if word is None or word == previous else tags[word])
+        labels.append(IGNORE_INDEX if word is None or word == previous else tags[word])
         previous = word
     return labels
 

@@ -17,9 +17,9 @@ import datasets
 
 from distill.data.corpus import TaskData
 from distill.errors import DistillError
+from distill.outputs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
-IGNORE = -100
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -60,7 +60,7 @@ def with_transfer(data: TaskData, source: TaskData, max_rows: int | None = 20000
     if not texts:
         raise DistillError("the transfer source gave no usable text; check its source and max_rows")
     train = data.splits["train"].cast_column("label", datasets.Value("int64"))  # ClassLabel has no -100
-    extra = {"text": texts, "label": [IGNORE] * len(texts)}
+    extra = {"text": texts, "label": [IGNORE_INDEX] * len(texts)}
     for column in train.column_names:
         if column not in extra:
             extra[column] = [None] * len(texts)

@@ -13,9 +13,7 @@ import torch
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.outputs import ModelOutputs
-
-IGNORE_INDEX = -100  # label of tokens that carry no label (padding, sub-words, unmasked MLM tokens)
+from distill.outputs import IGNORE_INDEX, ModelOutputs
 
 
 def as_float(student: Tensor, teacher: Tensor) -> tuple[Tensor, Tensor]:
