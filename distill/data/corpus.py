@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 
+from distill.atomic import atomic_dir
 from distill.data.labels import encode_labels
 from distill.data.splits import KEY_SEPARATOR, carve, check_fractions, drop_duplicates, hash_order, normalise
 from distill.errors import DistillError
@@ -175,9 +174,7 @@ def assemble(
 
 def save_dataset(path: Path, splits: datasets.DatasetDict, meta: dict) -> None:
     """Write into a temp dir beside ``path`` and rename: readers never see a partial dataset."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_dir(path, replace=False) as tmp:  # a cache entry another process wrote first is the same
         quiet = not datasets.utils.are_progress_bars_disabled()
         if quiet:
             datasets.utils.disable_progress_bars()
@@ -187,13 +184,6 @@ def save_dataset(path: Path, splits: datasets.DatasetDict, meta: dict) -> None:
             if quiet:
                 datasets.utils.enable_progress_bars()
         (tmp / "distill.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not (path / "distill.json").is_file():  # not another process winning the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build(

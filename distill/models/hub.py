@@ -12,14 +12,13 @@ import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, BertConfig
 
+from distill.atomic import atomic_dir
 from distill.errors import DistillError
 from distill.models.bert import BertModel, BertPreTrainedModel
 from distill.models.heads import TASK_CLASSES
@@ -233,9 +232,7 @@ def save_pretrained(model: BertPreTrainedModel, out_dir: str | os.PathLike, toke
     half a checkpoint where a good one was.
     """
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         config = model.config.to_dict()
         config["architectures"] = [type(model).__name__]
         config["model_type"] = "bert"
@@ -247,12 +244,4 @@ def save_pretrained(model: BertPreTrainedModel, out_dir: str | os.PathLike, toke
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
-        old = out.with_name(f".{out.name}.old")
-        if out.exists():
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
