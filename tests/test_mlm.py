@@ -175,15 +175,18 @@ def test_sentence_pairs_are_half_next_half_random_with_segment_types(tokenizer):
         assert (doc_a == doc_b) == (row["next_sentence_label"] == 0)  # "is next" pairs come from one review
 
 
-def test_general_distillation_with_next_sentence_prediction_from_the_cli(tmp_path):
-    """`distill train recipe=general_compact_nsp` on 40 IMDB reviews: a BertForPreTraining student."""
-    run = _cli("train", "recipe=general_compact_nsp", "data.limit=40", "data.max_length=64", "data.mlm.head_texts=40",
-               "data.mlm.teacher_head.max_length=64", "teacher=tiny", "student.num_hidden_layers=1",
+def test_general_distillation_with_next_sentence_prediction_on_a_users_text_file(tmp_path):
+    """`distill train recipe=general_compact_nsp data=files data.task=raw data.train_file=corpus.txt`: a
+    user's own raw text (one document per line) → a BertForPreTraining student."""
+    (tmp_path / "corpus.txt").write_text("\n".join(_docs(200)) + "\n")
+    run = _cli("train", "recipe=general_compact_nsp", "data=files", "data.task=raw",
+               f"data.train_file={tmp_path / 'corpus.txt'}", "data.max_length=32", "data.mlm.head_texts=40",
+               "data.mlm.teacher_head.max_length=32", "teacher=tiny", "student.num_hidden_layers=1",
                "student.hidden_size=16", "student.num_attention_heads=2", "student.intermediate_size=32",
                "trainer.max_steps=4", f"hydra.run.dir={tmp_path / 'run'}", cache=tmp_path / "cache")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert 0.3 < metrics["student"]["nsp_accuracy"] < 0.7  # 4 steps: a coin, scored on ~400 held-out pairs
+    assert 0.2 < metrics["student"]["nsp_accuracy"] < 0.8  # 4 steps: about a coin, on the held-out pairs
     assert "nsp_accuracy" not in metrics["teacher"]  # its NSP head was never trained: not reported
     hf, info = transformers.AutoModelForPreTraining.from_pretrained(tmp_path / "run" / "student",
                                                                      output_loading_info=True)
