@@ -29,14 +29,21 @@ from transformers import SchedulerType, get_scheduler
 from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
-from distill.evaluate import MODEL_INPUTS, Predictions, main_metric, masked_lm_metrics, masked_lm_stats, metrics
+from distill.evaluate import (
+    MLM_INPUTS,
+    MODEL_INPUTS,
+    Predictions,
+    main_metric,
+    masked_lm_metrics,
+    masked_lm_stats,
+    metrics,
+)
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
-STEP_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the masked positions are decoded
 
 
 @dataclass
@@ -166,7 +173,7 @@ class StudentWithLoss(nn.Module):
         self.student, self.loss = student, loss
 
     def forward(self, batch: dict, teacher_out: ModelOutputs | None):
-        out = self.student(**{k: batch[k] for k in STEP_INPUTS if k in batch}, **flags(self.loss.needs))
+        out = self.student(**{k: batch[k] for k in MLM_INPUTS if k in batch}, **flags(self.loss.needs))
         return self.loss(out, teacher_out, batch)
 
 
@@ -248,7 +255,7 @@ class TeacherTargets:
                 return ModelOutputs(logits=hit.to(self.accelerator.device), attention_mask=batch["attention_mask"])
         state.teacher_calls += 1
         with torch.no_grad(), self.accelerator.autocast():
-            out = self.teacher(**{k: batch[k] for k in STEP_INPUTS if k in batch}, **self.flags)
+            out = self.teacher(**{k: batch[k] for k in MLM_INPUTS if k in batch}, **self.flags)
         if self.cache is None:
             return out
         self.cache.put(batch["idx"], out.logits)

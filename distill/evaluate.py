@@ -29,6 +29,7 @@ from distill.outputs import IGNORE_INDEX
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MLM_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the masked positions are decoded
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the χ² approximation is poor
 
 
@@ -41,7 +42,7 @@ def masked_lm_stats(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     """Per row (B, 5): masked positions predicted right (top-1), masked positions, summed NLL there;
     with NSP pairs and a pre-training model, next sentence predicted right and 1 (else 0, 0).
     ``batch`` comes from ``MaskingCollator`` (labels −100 except at the masked positions)."""
-    out = model(**{k: batch[k] for k in (*MODEL_INPUTS, "mlm_positions") if k in batch})
+    out = model(**{k: batch[k] for k in MLM_INPUTS if k in batch})
     keep = batch["labels"] != IGNORE_INDEX  # (B, T)
     logits = out.logits.float()
     logits = logits if logits.dim() == 2 else logits[keep]  # (N, V)
