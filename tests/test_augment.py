@@ -79,7 +79,8 @@ def test_contextual_candidates_are_whole_words_never_the_word_itself(tokenizer):
 
 
 def test_bf16_candidates_agree_with_fp32_and_are_cached_apart(tokenizer):
-    """precision=bf16 autocasts the masked-LM's forwards: ≥ 90% of the fp32 top-K, in another cache entry."""
+    """precision=bf16 autocasts the masked-LM's forwards: ≥ 90% of the fp32 top-K, in another cache entry;
+    the head is fitted once, in fp32, for both (a bf16 fit collapsed on MR: held-out top-1 0.000 vs 0.168)."""
     data = tiny(rows=120)
     sentences = [t.split() for t in data.splits["train"]["text"]]
     eligible = [[w.isalpha() for w in s] for s in sentences]
@@ -93,7 +94,7 @@ def test_bf16_candidates_agree_with_fp32_and_are_cached_apart(tokenizer):
         assert 0.9 <= kept < 1.0, kept  # close, and not the same computation (autocast took effect)
     rows = {p: augment(data, tokenizer, _settings(precision=p), tiny_mlm).splits["train"] for p in ("no", "bf16")}
     assert len(list((Path(os.environ["DISTILL_CACHE"]) / "augment").iterdir())) == 2
-    assert len(list((Path(os.environ["DISTILL_CACHE"]) / "mlm").iterdir())) == 2  # the head, fitted under each
+    assert len(list((Path(os.environ["DISTILL_CACHE"]) / "mlm").iterdir())) == 1  # one fp32 head serves both
     assert rows["no"]["text"][:len(data.splits["train"])] == rows["bf16"]["text"][:len(data.splits["train"])]
     with pytest.raises(DistillError, match="precision='fp16': use auto, bf16 or no"):
         augment(data, tokenizer, _settings(precision="fp16"), tiny_mlm)
@@ -288,5 +289,5 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     assert "train/logits" in kd_log and "train/hard" in kd_log
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
-    assert "vs_student (no KD)" in report["models"][CONTROL]["mcnemar"]
+    assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
     assert CONTROL in run.stdout  # the printed table has the control row
