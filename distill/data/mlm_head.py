@@ -51,9 +51,9 @@ class MLMFit:
     seed: int = 0
 
 
-def fingerprint(model: torch.nn.Module, tokenizer, texts: list[str], fit: MLMFit, precision: str = "no") -> str:
-    """The cache key of a fitted head; ``precision``: the autocast it is fitted under (no: fp32)."""
-    settings = f"{json.dumps(asdict(fit), sort_keys=True)}" + ("" if precision == "no" else f"|{precision}")
+def fingerprint(model: torch.nn.Module, tokenizer, texts: list[str], fit: MLMFit) -> str:
+    """The cache key of a fitted head (always fitted in fp32: under bf16 autocast the fit collapsed)."""
+    settings = json.dumps(asdict(fit), sort_keys=True)
     h = hashlib.sha256(f"{VERSION}|{settings}|{tokenizer_key(tokenizer)}|{weights_digest(model.bert)}".encode())
     for text in texts:
         h.update(text.encode() + b"\0")
