@@ -167,8 +167,8 @@ def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None,
         r["params_ratio"] = _ratio(r["params"]["total"], ref["params"]["total"])
         r["agreement_with_teacher"] = ev.agreement(preds[name], preds[teacher])
         others = [other for other in (teacher, baseline) if other is not None and other != name]
-        r["mcnemar"] = {f"vs_{other}": ev.mcnemar(preds[name].correct, preds[other].correct) for other in others}
-        r["paired_bootstrap"] = {f"vs_{other}": ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
+        r["mcnemar"] = {other: ev.mcnemar(preds[name].correct, preds[other].correct) for other in others}
+        r["paired_bootstrap"] = {other: ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
                                  for other in others}
 
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from distill.errors import DistillError
+from distill.tables import render
 
 KEYWORDS = ("uniform", "last")
 
@@ -127,8 +128,4 @@ HEADER = ("term", "student", "teacher", "shapes (student → teacher)", "project
 
 def format_table(rows: Sequence[Sequence[str]], header: Sequence[str] = HEADER) -> str:
     """Rows of strings → a left-aligned plain-text table with a header and a rule."""
-    rows = [tuple(header), *(tuple(r) for r in rows)]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return render(header, rows, markdown=False).rstrip("\n")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.tables import render
+
 
 def notes(report: dict) -> list[str]:
     """Plain-language lines: pre-flight warnings, what counts as noise, each model's significance."""
@@ -21,15 +23,15 @@ def notes(report: dict) -> list[str]:
                  "McNemar's test says otherwise.")
     for name, r in models.items():
         for other, test in r["mcnemar"].items() if name != teacher else ():
-            diff = 100 * (r["metrics"][key]["value"] - models[other[3:]]["metrics"][key]["value"])
+            diff = 100 * (r["metrics"][key]["value"] - models[other]["metrics"][key]["value"])
             verdict = "significant" if test["p_value"] < 0.05 else "not significant: treat it as noise"
-            lines.append(f"{name} vs {other[3:]}: {diff:+.1f} points of {key}, McNemar p = {test['p_value']:.3g} "
+            lines.append(f"{name} vs {other}: {diff:+.1f} points of {key}, McNemar p = {test['p_value']:.3g} "
                          f"({test['method']}; {test['b']} {s['unit']}s only {name} got right, {test['c']} only "
-                         f"{other[3:]}) — {verdict}.")
+                         f"{other}) — {verdict}.")
             boot = r.get("paired_bootstrap", {}).get(other)
             if boot is not None:  # the test that resamples what the metric is made of (sentences for entity F1)
                 lo, hi = (100 * x for x in boot["ci95"])
-                lines.append(f"{name} vs {other[3:]}: paired bootstrap over {boot['unit']}s ({boot['n_boot']} "
+                lines.append(f"{name} vs {other}: paired bootstrap over {boot['unit']}s ({boot['n_boot']} "
                              f"resamples): {100 * boot['diff']:+.1f} points of {key} (95% CI {lo:+.1f} to {hi:+.1f}), "
                              f"p = {boot['p_value']:.3g}.")
     runtimes = " and ".join(sorted({r["runtime"] for r in models.values()}))
@@ -49,10 +51,10 @@ def table(report: dict) -> str:
     head = ["model", *[f"{k} (95% CI)" for k in metric_keys], f"retention ({key})", "agree w/ teacher",
             "params (non-emb)", "size MB", "p50 / p90 ms", "rows/s @32", "speed-up", "size ratio",
             "McNemar p vs teacher"] + ([f"vs {baseline}"] if baseline else [])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows = []
     for name, r in report["models"].items():
         non_emb = r["params"]["non_embedding"]
-        tests = [r["mcnemar"].get(f"vs_{o}") for o in (teacher, baseline) if o]
+        tests = [r["mcnemar"].get(o) for o in (teacher, baseline) if o]
         cells = [
             f"**{name}**" if name == teacher else name,
             *[f"{_pct(m['value'])} ({_pct(m['ci95'][0])}–{_pct(m['ci95'][1])})" for m in r["metrics"].values()],
@@ -62,8 +64,8 @@ def table(report: dict) -> str:
             f"{r['latency']['throughput_per_s']:.0f}", f"{r['speedup_p50']:.2f}×", f"{r['size_ratio']:.2f}×",
             *["–" if t is None else f"{t['p_value']:.3g}" for t in tests],
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        rows.append(cells)
+    return render(head, rows)
 
 
 def render_markdown(report: dict) -> str:

@@ -289,5 +289,5 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     assert "train/logits" in kd_log and "train/hard" in kd_log
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
-    assert "vs_student (no KD)" in report["models"][CONTROL]["mcnemar"]
+    assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
     assert CONTROL in run.stdout  # the printed table has the control row
