@@ -24,7 +24,7 @@ from pathlib import Path
 import hydra
 
 from distill.compare import compare
-from distill.config_check import compose_checked, translate
+from distill.config_check import compose_checked
 from distill.evaluate import main_metric
 from distill.export import export, summary_line
 from distill.pipeline import CONTROL, kd_steps, train_stages, train_texts
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
         args.insert(0, "recipe=mr_transfer")  # headline row 1
     rows = []
     for seed in seeds:
-        cfg = compose_checked(translate(args) + [f"trainer.seed={seed}"])
+        cfg = compose_checked(args + [f"trainer.seed={seed}"])
         dirs = train_stages(cfg)
         kd = json.loads((dirs["distill"] / "metrics.json").read_text())
         base = json.loads((dirs["baseline"] / "metrics.json").read_text())
@@ -92,17 +92,17 @@ def main(argv: list[str]) -> None:
     print(table(report))
     print(f"report: {report['paths']['markdown']} (plot: {report['plots'][0]})")
     kd_report = report["models"]["student (KD)"]
-    mcnemar = kd_report["mcnemar"].get("vs_student (no KD)", {})
+    mcnemar = kd_report["mcnemar"].get("student (no KD)", {})
     print(json.dumps({"retention": round(kd_m / teacher_m, 4), "teacher_metric": round(teacher_m, 4),
                       "student_metric": round(kd_m, 4), "baseline_metric": round(base_m, 4),
                       "param_ratio": round(kd_report["params_ratio"], 4), "trim_vocab": trim,
                       "median_seed_shipped_metric": round(kd_report["metrics"][key]["value"], 4),
                       "speedup": round(kd_report["speedup_p50"], 3), "kd_vs_baseline_p": mcnemar.get("p_value"),
-                      "kd_vs_baseline_bootstrap_p": kd_report["paired_bootstrap"].get("vs_student (no KD)", {})
+                      "kd_vs_baseline_bootstrap_p": kd_report["paired_bootstrap"].get("student (no KD)", {})
                       .get("p_value"),
                       "control_metric": None if control_m is None else round(control_m, 4),
                       "control_vs_baseline_p": report["models"].get(CONTROL, {}).get("mcnemar", {})
-                      .get("vs_student (no KD)", {}).get("p_value"),
+                      .get("student (no KD)", {}).get("p_value"),
                       "per_seed": [{"seed": r["seed"], "kd": r["kd"][key], "baseline": r["baseline"][key],
                                     "control": r.get("control", {}).get(key)} for r in rows],
                       "seeds": seeds, "metric": key}))

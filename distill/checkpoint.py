@@ -73,6 +73,7 @@ def _write(accelerator: Accelerator, root, state: dict, keep_last: int, config: 
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+        # pruned here: accelerate's total_limit prunes only its automatic checkpoint_N dirs, not atomic ones
         for old in checkpoints(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()

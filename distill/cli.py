@@ -51,14 +51,21 @@ def _unwrap(e: BaseException) -> BaseException:
     return e
 
 
-def _hydra_app(task):
-    """Run ``task(cfg, run_dir)`` as a Hydra app (run dirs, -m sweeps, --cfg job), argv already set."""
+def _hydra_app(task, overrides: list[str]) -> None:
+    """Run ``task(cfg, run_dir)`` as a Hydra app (run dirs, -m sweeps, --cfg job), argv already set.
+
+    Hydra composes the config, once; its composition errors reach us as exceptions (HYDRA_FULL_ERROR,
+    instead of Hydra printing them) and become one line naming the key and what is valid."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.errors import ConfigCompositionException, OverrideParseException
+
+    from distill.config_check import check_values, explain
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def app(cfg):
         try:
+            check_values(cfg)
             return task(cfg, HydraConfig.get().runtime.output_dir)
         except Exception as e:
             inner = _unwrap(e)
@@ -67,7 +74,17 @@ def _hydra_app(task):
                 sys.exit(1)
             raise
 
-    app()
+    before = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        app()
+    except (ConfigCompositionException, OverrideParseException) as e:
+        raise explain(e, overrides) from None
+    finally:
+        if before is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = before
 
 
 def _check_run_dir(overrides: list[str]) -> None:
@@ -119,18 +136,22 @@ def _pipeline(cfg, out_dir):
 
 
 def _kv(args: list[str]) -> dict[str, object]:
-    """``key=value`` args; ``[a,b]`` → list, true/false → bool."""
-    out = {}
-    for arg in args:
-        if "=" not in arg:
-            raise DistillError(f"argument {arg!r} is not key=value; see `distill --help`")
-        key, value = arg.split("=", 1)
-        if value.startswith("[") and value.endswith("]"):
-            value = [v.strip() for v in value[1:-1].split(",") if v.strip()]
-        elif value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        out[key] = value
-    return out
+    """``key=value`` args read with Hydra's override grammar, as `distill train` reads them: ``[a,b]`` is
+    a list, ``true`` a bool, ``64`` an int; ``data.*`` keys are kept as written (for composing the data node)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except OverrideParseException as e:
+        raise DistillError(f"cannot parse {str(e).splitlines()[0]}; see `distill compare --help`") from None
+    paths = ("run", "model", "teacher", "students", "baseline", "out", "data")  # run=2026 is a dir name, not a number
+    return {o.key_or_group: o.input_line if o.key_or_group.startswith("data.") else
+            _strings(o.value()) if o.key_or_group in paths else o.value() for o in parsed}
+
+
+def _strings(value):
+    return [str(v) for v in value] if isinstance(value, list) else value if value is None else str(value)
 
 
 def _short_names(paths: list[str]) -> list[str]:
@@ -149,7 +170,7 @@ def _data(name: str, extra: dict) -> tuple[object, int]:
 
     from distill.config_check import compose_checked
 
-    overrides = [f"data={name}"] + [f"{k}={v}" for k, v in extra.items() if k.startswith("data.")]
+    overrides = [f"data={name}"] + [line for key, line in extra.items() if key.startswith("data.")]
     node = compose_checked(overrides).data
     return hydra.utils.instantiate(node.source), int(node.max_length)
 
@@ -246,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if command not in ("train", "pipeline"):  # Hydra sets up logging for those (a second handler doubles lines)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if command == "recipes":
+        if command in ("compare", "export", "check") and {"-h", "--help"} & set(rest):
+            print(_usage(command))
+        elif command == "recipes":
             from distill.config_check import recipe_descriptions
 
             for name, text in recipe_descriptions().items():
@@ -258,17 +281,20 @@ def main(argv: list[str] | None = None) -> int:
         elif command in ("train", "pipeline"):
             from hydra._internal.utils import get_args_parser  # Hydra's own command line: flags vs overrides
 
-            from distill.config_check import compose_checked, translate
+            from distill.config_check import check_choices, check_sweep
 
             hydra_args = get_args_parser().parse_args(rest)
-            overrides = translate(hydra_args.overrides)
-            compose_checked(overrides, multirun=hydra_args.multirun)  # every config mistake → one line, first
+            overrides = hydra_args.overrides
+            check_choices(overrides)  # recipe=, data=, ... name configs that exist
+            if hydra_args.multirun:
+                check_sweep(overrides)  # a bad later value stops the sweep before job 0 trains
             _check_run_dir(overrides)
-            flags = [a for a in rest if a not in set(hydra_args.overrides)]  # -m, --cfg job, --info defaults, ...
+            flags = [a for a in rest if a not in set(overrides)]  # -m, --cfg job, --info defaults, ...
             sys.argv = [f"distill {command}", *flags, *overrides, *_rank_overrides()]
-            _hydra_app(_train if command == "train" else _pipeline)
-        elif command in ("compare", "export") and {"-h", "--help"} & set(rest):
-            print(_usage(command))
+            try:
+                _hydra_app(_train if command == "train" else _pipeline, overrides)
+            except SystemExit as e:  # the app's one-line error exits inside Hydra's job (Hydra adds lines to others)
+                return e.code if isinstance(e.code, int) else 1
         elif command == "compare":
             compare_cmd(rest)
         elif command == "export":

@@ -9,45 +9,53 @@ from __future__ import annotations
 from importlib import resources
 
 from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+from hydra.errors import ConfigCompositionException, OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from distill import schema  # noqa: F401  registers the structured configs before anything composes
 from distill.errors import DistillError
 
-# the config groups of config.yaml's defaults list: teacher, student, data, losses, trainer, logger, augment
+# the config groups of config.yaml's defaults list: teacher, student, data, losses, trainer, logger, augment, recipe
 GROUPS = tuple(next(iter(d)) for d in OmegaConf.load(resources.files("distill") / "conf" / "config.yaml").defaults
                if isinstance(d, DictConfig))
+OPTIONAL = ("augment", "recipe")  # null by default: no augmentation, no recipe
 
 
 def options(group: str) -> list[str]:
-    """Config names available in a group (``recipes`` or one of GROUPS)."""
-    root = resources.files("distill") / ("recipes" if group == "recipes" else f"conf/{group}")
+    """Config names available in a group (one of GROUPS)."""
+    root = resources.files("distill") / "conf" / group
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
 def recipe_descriptions() -> dict[str, str]:
     """Recipe name → its one-line description (the ``description:`` key)."""
-    out = {}
-    for name in options("recipes"):
-        text = (resources.files("distill") / "recipes" / f"{name}.yaml").read_text()
-        line = next((ln for ln in text.splitlines() if ln.startswith("description:")), "description: ")
-        out[name] = line.split(":", 1)[1].strip().strip('"')
-    return out
+    root = resources.files("distill") / "conf" / "recipe"
+    return {name: OmegaConf.load(root / f"{name}.yaml").get("description", "") for name in options("recipe")}
 
 
-def translate(args: list[str]) -> list[str]:
-    """``recipe=NAME`` → Hydra's ``+recipes=NAME``; checks the recipe exists."""
-    out = []
-    for arg in args:
-        if arg.startswith("recipe="):
-            name = arg.split("=", 1)[1]
-            if name not in options("recipes"):
-                raise DistillError(f"unknown recipe {name!r}; valid recipes: {', '.join(options('recipes'))}")
-            arg = f"+recipes={name}"
-        out.append(arg)
-    return out
+def check_choices(overrides: list[str]) -> None:
+    """Every group choice on the command line (each value of a sweep too) names a config of its group:
+    read with Hydra's override parser, checked against the group's files, before anything composes."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except OverrideParseException as e:
+        raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
+    for o in parsed:
+        group = o.get_key_element().split("@")[0]
+        if group not in GROUPS or o.is_delete():
+            continue
+        for value in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
+            if value is None or str(value).lower() in ("null", "none", ""):
+                if group not in OPTIONAL:  # Hydra: a ValueError from its defaults list
+                    hint = " (and losses=hard_only: fine-tuning)" if group == "teacher" else ""
+                    raise DistillError(f"{o.input_line}: a config group takes one of {', '.join(options(group))}; "
+                                       f"to drop the {group} use ~{group}{hint}")
+            elif str(value) not in options(group):
+                valid = "valid recipes" if group == "recipe" else "valid choices"
+                raise DistillError(f"unknown {group} {str(value)!r}; {valid}: {', '.join(options(group))}")
 
 
 def sweep_points(overrides: list[str]) -> list[list[str]]:
@@ -59,6 +67,12 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
                else [o.input_line] for o in parsed]
     first = [values[0] for values in options]
     return [first] + [first[:i] + [other] + first[i + 1:] for i, values in enumerate(options) for other in values[1:]]
+
+
+def check_sweep(overrides: list[str]) -> None:
+    """Each value of each sweep composes, before job 0 (Hydra composes each job as it starts it)."""
+    for point in sweep_points([o for o in overrides if not o.startswith("hydra.")]):
+        compose_checked(point)
 
 
 def _valid_keys(base: DictConfig, dotted: str) -> str:
@@ -83,7 +97,7 @@ def _unknown_key(overrides: list[str]) -> tuple[str | None, DictConfig]:
     from the group choices alone does not have, and that config."""
     parsed = OverridesParser.create().parse_overrides(overrides)
     values = [o for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())
-              and o.get_key_element().split("@")[0] not in (*GROUPS, "recipes")]
+              and o.get_key_element().split("@")[0] not in GROUPS]
     try:
         base = compose("config", overrides=[o.input_line for o in parsed if o not in values])
     except (ConfigCompositionException, OmegaConfBaseException):  # the mistake is in a group, ~ or + override
@@ -91,41 +105,30 @@ def _unknown_key(overrides: list[str]) -> tuple[str | None, DictConfig]:
     return next((o.get_key_element() for o in values if not _has_key(base, o.get_key_element())), None), base
 
 
-def compose_checked(overrides: list[str], multirun: bool = False) -> DictConfig:
-    """Compose ``config.yaml`` with ``overrides`` (Hydra syntax, no flags), or raise a one-line
-    DistillError; ``multirun``: every value of each sweep is checked."""
-    overrides = [o for o in overrides if not o.startswith("hydra.")]  # the compose API has no hydra node
-    if multirun:
-        try:
-            points = sweep_points(overrides)
-        except OverrideParseException as e:
-            raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
-        for point in points[1:]:
-            compose_checked(point)
-        overrides = points[0]
-    for override in overrides:
-        group, _, value = override.lstrip("+").partition("=")
-        if group in GROUPS and value.lower() in ("null", "none", ""):  # Hydra: a ValueError from its defaults list
-            hint = " (and losses=hard_only: fine-tuning)" if group == "teacher" else ""
-            raise DistillError(f"{override}: a config group takes one of {', '.join(options(group))}; "
-                               f"to drop the {group} use ~{group}{hint}")
+def explain(e: Exception, overrides: list[str]) -> DistillError:
+    """Hydra's composition error for ``overrides`` (group choices already checked) → one line: the
+    unknown key and the keys valid there, else the first sentence of Hydra's message."""
+    if isinstance(e, OverrideParseException):
+        return DistillError(f"cannot parse override: {str(e).splitlines()[0]}")
+    GlobalHydra.instance().clear()  # a failed compose or @hydra.main leaves it initialised
     with initialize_config_module("distill.conf", version_base="1.3"):
-        try:
+        bad, base = _unknown_key([o for o in overrides if not o.startswith("hydra.")])
+    if bad is None:
+        cause = f": {str(e.__cause__).splitlines()[0]}" if isinstance(e.__cause__, OmegaConfBaseException) else ""
+        return DistillError(" ".join(str(e).split()).split(". ")[0] + cause)  # a wrong type: Hydra's, then OmegaConf's
+    return DistillError(f"unknown key {bad!r}; {_valid_keys(base, bad)}")
+
+
+def compose_checked(overrides: list[str]) -> DictConfig:
+    """Compose ``config.yaml`` with ``overrides`` (Hydra syntax, no flags) through Hydra's compose API
+    (scripts, tests, ``distill compare data=...``), or raise a one-line DistillError."""
+    overrides = [o for o in overrides if not o.startswith("hydra.")]  # the compose API has no hydra node
+    check_choices(overrides)
+    try:
+        with initialize_config_module("distill.conf", version_base="1.3"):
             cfg = compose("config", overrides=overrides)
-        except MissingConfigException as e:
-            group = next((g for g in GROUPS if f"'{g}/" in str(e)), None)
-            bad = next((o for o in overrides if group and o.split("=")[0].lstrip("+~") == group), "")
-            if group:
-                raise DistillError(f"unknown {group} {bad.split('=')[-1]!r}; valid choices: "
-                                   f"{', '.join(options(group))}") from None
-            raise DistillError(str(e).splitlines()[0]) from None
-        except OverrideParseException as e:
-            raise DistillError(f"cannot parse override: {str(e).splitlines()[0]}") from None
-        except ConfigCompositionException as e:
-            bad, base = _unknown_key(overrides)
-            if bad is None:
-                raise DistillError(" ".join(str(e).split()).split(". ")[0]) from None
-            raise DistillError(f"unknown key {bad!r}; {_valid_keys(base, bad)}") from None
+    except (ConfigCompositionException, OverrideParseException) as e:
+        raise explain(e, overrides) from None
     check_values(cfg)
     return cfg
 
@@ -139,26 +142,19 @@ def _missing(cfg: DictConfig, prefix: str = ""):
             yield from _missing(cfg[key], f"{prefix}{key}.")
 
 
-def trainer_config(node: DictConfig):
-    """The trainer node, type-checked against TrainerConfig (wrong types → one line)."""
-    from distill.engine import TrainerConfig  # torch and accelerate load only when a run is configured
-
-    values = OmegaConf.to_container(node, resolve=True)
-    values.pop("_target_", None)
-    schema = OmegaConf.structured(TrainerConfig)
-    return TrainerConfig(**OmegaConf.to_container(OmegaConf.merge(schema, values)))
+def trainer_config(node: DictConfig) -> schema.TrainerConfig:
+    """A trainer node (composed: typed by ``trainer/schema``; a pipeline stage's: merged into it here)
+    → TrainerConfig, its values checked."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema.TrainerConfig), node))
 
 
 def check_values(cfg: DictConfig) -> None:
-    """Missing required values (``???``) and trainer types, before any work starts."""
+    """Missing required values (``???``) and impossible trainer settings (types were checked while
+    composing), before any work starts."""
     missing = sorted(_missing(cfg))
     if missing:
         raise DistillError(f"missing required value {missing[0]}; add {missing[0]}=... to the command line")
     try:
         trainer_config(cfg.trainer)
-    except OmegaConfBaseException as e:
-        first = str(e).splitlines()[0]
-        key = getattr(e, "full_key", None) or ""
-        raise DistillError(f"trainer.{key.split('.')[-1]}: {first}") from None
-    except TypeError as e:
-        raise DistillError(f"trainer: {e}") from None
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve
+        raise DistillError(f"trainer.{getattr(e, 'key', '')}: {str(e).splitlines()[0]}") from None

@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import SchedulerType, get_scheduler
+from transformers import get_scheduler
 
 from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
@@ -35,76 +35,16 @@ from distill.evaluate import (
     Predictions,
     main_metric,
     masked_lm_metrics,
-    masked_lm_stats,
+    masked_lm_totals,
     metrics,
 )
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.outputs import IGNORE_INDEX, ModelOutputs
+from distill.schema import TrainerConfig
 from distill.teacher_cache import TeacherCache
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainerConfig:
-    """Every knob of the loop; a Hydra ``trainer`` node instantiates this dataclass."""
-
-    epochs: float = 3.0
-    max_steps: int | None = None  # optimizer steps; overrides epochs
-    lr: float = 5e-5
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    scheduler: str = "linear"  # any transformers.get_scheduler name
-    grad_accum: int | None = None  # None: the launcher's (accelerate launch --gradient_accumulation_steps), else 1
-    max_grad_norm: float | None = 1.0
-    # no | bf16 | fp16 | auto (bf16 where this machine runs it natively, else no); None: the launcher's
-    mixed_precision: str | None = None
-    seed: int = 0
-    split_batches: bool = False  # True: the loader's batch is the global batch, split over processes
-    eval_every: int | None = None  # steps; None = at the end of every epoch
-    save_every: int | None = None  # steps; None = at the end of every epoch
-    keep_last: int = 2
-    early_stopping_patience: int | None = None  # evaluations without improvement
-    max_nonfinite: int = 5  # non-finite losses in a row before stopping
-    log_every: int = 10
-    teacher_cache: bool = True
-    cache_dir: str | None = None  # default: <run dir>/teacher_cache
-    resume: str | None = "auto"
-    load_best_at_end: bool = True
-    log_with: str | None = None  # wandb | tensorboard | None
-    project: str = "distill"
-    wandb_mode: str = "offline"
-    run_name: str | None = None  # the tracker's run name (wandb); None: the run dir's name
-    tags: list[str] = field(default_factory=list)  # wandb tags
-
-    def __post_init__(self) -> None:
-        """Impossible settings stop here, with the key to change, before anything is built."""
-        def number(name: str) -> float:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise DistillError(f"trainer.{name}={value!r} must be a finite number")
-            return value
-
-        checks = [
-            (self.max_steps is not None or number("epochs") > 0, f"trainer.epochs={self.epochs} must be > 0"),
-            (self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1),
-             f"trainer.max_steps={self.max_steps!r} must be a positive number of steps (or null for epochs)"),
-            (number("lr") >= 0, f"trainer.lr={self.lr} must be >= 0"),
-            (0 <= number("warmup_ratio") <= 1, f"trainer.warmup_ratio={self.warmup_ratio} must be in [0, 1]"),
-            (number("weight_decay") >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0"),
-            (self.grad_accum is None or (isinstance(self.grad_accum, int) and self.grad_accum >= 1),
-             f"trainer.grad_accum={self.grad_accum!r} must be a positive integer (or null: the launcher's)"),
-            (self.mixed_precision in (None, "no", "bf16", "fp16", "auto"),
-             f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16, fp16, auto or null (the launcher's)"),
-            (self.scheduler in {t.value for t in SchedulerType},
-             f"trainer.scheduler={self.scheduler!r}: use one of {', '.join(t.value for t in SchedulerType)}"),
-            (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
-             f"trainer.max_nonfinite={self.max_nonfinite!r} must be a positive integer"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise DistillError(message)
 
 
 def flat_scalars(config: dict, prefix: str = "") -> dict[str, int | float | str | bool]:
@@ -181,10 +121,8 @@ def evaluate_masked_lm(accelerator: Accelerator, model: nn.Module, loader) -> di
     """Masked-LM top-1 accuracy and perplexity (and NSP accuracy on sentence pairs). The eval loader's
     MaskingCollator stays at epoch 0, so every evaluation scores the same masked positions."""
     model.eval()
-    totals = torch.zeros(5, device=accelerator.device)
     with torch.no_grad(), accelerator.autocast():
-        for batch in loader:
-            totals += accelerator.gather_for_metrics(masked_lm_stats(model, batch)).sum(0)
+        totals = masked_lm_totals(model, loader, accelerator.gather_for_metrics)
     model.train()
     return masked_lm_metrics(totals)
 

@@ -59,6 +59,16 @@ def masked_lm_stats(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:
     return stats
 
 
+def masked_lm_totals(model: torch.nn.Module, batches: Iterable[dict[str, Tensor]], gather=None) -> Tensor:
+    """``masked_lm_stats`` summed over ``batches`` (on the model's device): (5,). ``gather``: each batch's
+    rows from every process (accelerate's ``gather_for_metrics``); None: this process's only."""
+    totals = torch.zeros(5)
+    for batch in batches:
+        stats = masked_lm_stats(model, batch)
+        totals = totals.to(stats.device) + (gather(stats) if gather else stats).sum(0)
+    return totals
+
+
 def masked_lm_metrics(totals: Tensor) -> dict[str, float]:
     """{mlm_accuracy, mlm_perplexity[, nsp_accuracy]} from summed ``masked_lm_stats`` (5,)."""
     correct, count, nll, nsp_correct, pairs = (float(v) for v in totals)
@@ -100,7 +110,10 @@ def onnx_forward(path: str, threads: int = 1) -> Forward:
 
 
 def pad_rows(rows: Sequence[dict]) -> dict[str, Tensor]:
-    """Tokenized rows (lists of ids) → a right-padded batch; ids/masks pad with 0, labels with -100."""
+    """Tokenized rows (lists of ids) → a right-padded batch; ids/masks pad with 0, labels with -100.
+
+    Not data.Collator (a layer above): padded ids sit under attention_mask 0, so their value never
+    reaches an unpadded position's output — these batches only compare models on the same rows."""
     T = max(len(r["input_ids"]) for r in rows)
     batch = {}
     for key in (*MODEL_INPUTS, "labels"):
@@ -231,7 +244,10 @@ def _resamples(units: int, n_boot: int, seed: int, chunk: int):
 
 def bootstrap(pred: Predictions, label_names: Sequence[str], n_boot: int = 1000, seed: int = 0,
               level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile ``level`` interval of every metric, resampling rows (or sentences) with replacement."""
+    """Percentile ``level`` interval of every metric, resampling rows (or sentences) with replacement.
+
+    Not scipy.stats.bootstrap: its statistic sees resampled rows, so entity F1 would run seqeval per
+    resample; here a resample is counts @ per-sentence (tp, fp, fn, ...) totals, all in one matmul."""
     stats = _group_stats(pred, label_names)  # (G, S)
     draws = [counts @ stats for counts in _resamples(len(stats), n_boot, seed, chunk=100)]  # (chunk, S) totals
     boot = _from_stats(pred.task, np.concatenate(draws))

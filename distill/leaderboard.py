@@ -10,6 +10,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from distill.tables import render
+
 log = logging.getLogger(__name__)
 
 
@@ -24,7 +26,7 @@ def leaderboard_rows(sweep_dir: Path) -> list[dict]:
         metrics = json.loads(metrics_file.read_text())
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("+recipes=")),
+        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("recipe=")),
                "validation": metrics.get("best_validation")}
         row.update({f"test_{k}": round(v, 4) for k, v in metrics.get("student", {}).items()})
         rows.append(row)
@@ -43,8 +45,7 @@ class Leaderboard(Callback):
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
-        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-        lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
-        (sweep / "leaderboard.md").write_text("\n".join(lines) + "\n")
-        print("\n".join(lines))
+        text = render(columns, [[r.get(c, "") for c in columns] for r in rows])
+        (sweep / "leaderboard.md").write_text(text)
+        print(text, end="")
         log.info("leaderboard written to %s", sweep / "leaderboard.md")

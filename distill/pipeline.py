@@ -20,6 +20,7 @@ from distill import launch
 from distill.checkpoint import BOOKKEEPING
 from distill.errors import DistillError
 from distill.run import run_training
+from distill.schema import TrainerConfig
 
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
@@ -64,9 +65,16 @@ def stage_identity(resolved: dict) -> dict:
     return {**resolved, "trainer": trainer}
 
 
+def default_trainer() -> DictConfig:
+    """The trainer node of a run with no trainer overrides: conf/trainer/default.yaml over its schema."""
+    node = _load("trainer/default.yaml")
+    node.pop("defaults")
+    return OmegaConf.merge(OmegaConf.structured(TrainerConfig), node)
+
+
 def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     """Fine-tuning the teacher: the teacher node becomes the trained model, gold labels only."""
-    trainer = OmegaConf.merge(_load("trainer/default.yaml"), cfg.get("finetune") or {})
+    trainer = OmegaConf.merge(default_trainer(), cfg.get("finetune") or {})
     data = OmegaConf.to_container(cfg.data)  # interpolations kept: they are relative to the data node
     data.pop("transfer", None)  # the teacher learns from gold labels only
     data.pop("augment", None)

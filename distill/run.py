@@ -278,7 +278,7 @@ def held_out_masked_lm(models: dict, loader, bf16: bool = False) -> dict:
     epoch-0 masks — the same positions for every model."""
     import torch
 
-    from distill.evaluate import masked_lm_metrics, masked_lm_stats
+    from distill.evaluate import masked_lm_metrics, masked_lm_totals
 
     if loader is None:
         return {}
@@ -287,12 +287,10 @@ def held_out_masked_lm(models: dict, loader, bf16: bool = False) -> dict:
         if model is None or getattr(model, "task", None) not in ("mlm", "pretraining"):
             continue
         model.eval()
-        totals = torch.zeros(5)
         device = next(model.parameters()).device
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            for batch in loader:
-                totals += masked_lm_stats(model, {k: v.to(device) for k, v in batch.items()}).sum(0).cpu()
-        out[name] = masked_lm_metrics(totals)
+            totals = masked_lm_totals(model, ({k: v.to(device) for k, v in batch.items()} for batch in loader))
+        out[name] = masked_lm_metrics(totals.cpu())
     if "teacher" in out:  # its NSP head is whatever the checkpoint had (the packaged one: none): not scored
         out["teacher"].pop("nsp_accuracy", None)
     return {"split": "validation", **out} if out else {}

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random BERTs (hidden 32, 2 layers) and padded batches."""
 
+import logging
 import os
 
 import pytest
@@ -30,6 +31,17 @@ def padded_batch(seed: int = 0, batch: int = 4, length: int = 11, vocab: int = 9
         mask[row, length - 2 * row:] = 0
     ids = ids.masked_fill(mask == 0, 0)
     return ids, mask
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """An in-process `distill train` lets Hydra configure the root logger with a handler on this test's
+    captured stderr; later tests must not log into that closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture

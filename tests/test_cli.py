@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
 from distill.cli import main
-from distill.config_check import options, trainer_config, translate
+from distill.config_check import options, trainer_config
 from distill.models.student import count_parameters
 from distill.run import build_models, check_compatible
 
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["teacher=tiny", "student=tiny", "data.limit=32", "trainer.max_steps=2"]
 
 
-@pytest.mark.parametrize("recipe", options("recipes"))
+@pytest.mark.parametrize("recipe", options("recipe"))
 def test_every_recipe_composes_and_instantiates(recipe):
-    overrides = translate([f"recipe={recipe}"]) + SMOKE
+    overrides = [f"recipe={recipe}"] + SMOKE
     if recipe == "finetune_teacher_mr":  # no teacher: the packaged MiniLM itself is trained
         overrides = [o for o in overrides if not o.startswith(("teacher=", "student="))]
     with initialize_config_module("distill.conf", version_base="1.3"):
@@ -49,7 +49,8 @@ def _cli(*args, cwd=ROOT, env=None):
 
 @pytest.mark.parametrize("command, expected", [
     ("train", "== Configuration groups =="), ("pipeline", "recipe=NAME"),
-    ("compare", "distill compare run=RUN_DIR"), ("export", "distill export run=RUN_DIR | model=DIR")])
+    ("compare", "distill compare run=RUN_DIR"), ("export", "distill export run=RUN_DIR | model=DIR"),
+    ("check", "distill check")])
 def test_every_subcommand_has_help(command, expected, tmp_path):
     run = _cli(command, "--help", cwd=tmp_path)
     assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr[-2000:]
@@ -66,8 +67,8 @@ def test_hydra_flags_with_values_reach_hydra(tmp_path):
     info = _cli("pipeline", "--info", "defaults", "recipe=wnut16_augment", cwd=tmp_path)
     assert info.returncode == 0, info.stderr[-2000:]
     lines = info.stdout.splitlines()
-    assert any("recipes/wnut16_augment" in ln for ln in lines) and any("data/wnut16" in ln for ln in lines)
-    assert len([ln for ln in lines if "recipes/wnut16_augment" in ln]) == 1  # printed once, not twice
+    assert any("recipe/wnut16_augment" in ln for ln in lines) and any("data/wnut16" in ln for ln in lines)
+    assert len([ln for ln in lines if "recipe/wnut16_augment" in ln]) == 1  # printed once, not twice
     assert not list(tmp_path.iterdir())
 
 
@@ -159,8 +160,8 @@ def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path)
     from distill.models.hub import load_state_dict
     from distill.pipeline import train_stages
 
-    cfg = compose_checked(translate(["recipe=mr_compact", *SMOKE, "data.limit=48", "finetune.max_steps=2",
-                                     "data.transfer.max_rows=64", "trainer.lr=0", f"stage_root={tmp_path}"]))
+    cfg = compose_checked(["recipe=mr_compact", *SMOKE, "data.limit=48", "finetune.max_steps=2",
+                           "data.transfer.max_rows=64", "trainer.lr=0", f"stage_root={tmp_path}"])
     dirs = train_stages(cfg)
     assert sorted(dirs) == ["baseline", "distill", "intermediate", "teacher"]
     weights = {name: load_state_dict(dirs[name] / "student") for name in ("intermediate", "distill", "baseline")}
@@ -218,6 +219,23 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
         "point hydra.run.dir at a new or existing dir"
 
 
+def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
+    """`distill train` composes its config once, Hydra's composition for the job: distill composes nothing
+    to check it first. (Hydra 1.3's @hydra.main also composes once to read hydra.mode, before any job.)"""
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    modes, real = [], Hydra.compose_config
+    counted = lambda self, *a, **k: modes.append(k.get("run_mode")) or real(self, *a, **k)  # noqa: E731
+    monkeypatch.setattr(Hydra, "compose_config", counted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "recipe=mr_logits", *SMOKE, "trainer.lr=3e-4", f"hydra.run.dir={tmp_path / 'run'}"]) == 0
+    assert modes == [RunMode.MULTIRUN, RunMode.RUN]  # Hydra's get_mode probe, then the job's config
+    saved = OmegaConf.load(tmp_path / "run" / ".hydra" / "config.yaml")
+    assert saved.trainer.lr == 3e-4 and saved.trainer.max_steps == 2 and saved.data.limit == 32
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["steps"] == 2
+
+
 @pytest.mark.parametrize("args,words", [
     (["train", "recipe=nope"], ["unknown recipe 'nope'", "quickstart"]),
     (["train", "data=mrr"], ["unknown data 'mrr'", "sms_spam"]),
@@ -234,7 +252,8 @@ def test_a_run_dir_that_is_a_file_is_one_line(tmp_path, capsys):
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])
-def test_config_errors_are_one_line(capsys, args, words):
+def test_config_errors_are_one_line(capsys, args, words, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a value error found after composing stops in Hydra's run dir: keep it out of the repo
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
@@ -268,7 +287,7 @@ def test_every_mr_recipe_shares_one_fine_tuned_teacher():
     keys = set()
     for args in (["recipe=quickstart", "finetune.mixed_precision=no"], ["recipe=mr_logits"], ["recipe=mr_transfer"],
                  ["recipe=mr_tinybert"]):
-        stage_cfg = teacher_stage_config(compose_checked(translate(args)))
+        stage_cfg = teacher_stage_config(compose_checked(args))
         assert "transfer" not in stage_cfg.data and "augment" not in stage_cfg.data
         resolved = {k: OmegaConf.to_container(stage_cfg[k], resolve=True) if stage_cfg.get(k) is not None else None
                     for k in STAGE_KEYS}
@@ -354,6 +373,6 @@ def test_compare_teacher_students_baseline_as_the_readme_shows(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads((tmp_path / "cmp" / "report.json").read_text())
     assert report["baseline"] == "best" and set(report["models"]) == {"teacher", "student", "best"}
-    boot = report["models"]["student"]["paired_bootstrap"]["vs_best"]
+    boot = report["models"]["student"]["paired_bootstrap"]["best"]
     assert boot["diff"] == 0 and boot["p_value"] == 1.0
     assert "student vs best: paired bootstrap over rows" in run.stdout

@@ -6,6 +6,9 @@ tensors: ids/masks (B, T) with T the longest row in the batch (rounded up to
 tasks; idx (B,), the row within its split (keys the teacher-output cache); gold (B,), augmented
 splits only: 0 on rows the teacher labels (the hard-label loss skips them). Any other column
 (``word_ids``, ``truncated``, text) is dropped, so ``model(**batch)``-style calls stay clean.
+
+Hand-written: transformers' DataCollatorWithPadding / ForTokenClassification need a tokenizer object and
+pad sequence and token labels in two classes; this one takes a bare pad id and keeps idx/gold.
 """
 
 from __future__ import annotations
