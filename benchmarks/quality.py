@@ -23,7 +23,7 @@ from pathlib import Path
 
 import hydra
 
-from distill.compare import compare
+from distill.compare import Measure, compare
 from distill.config_check import compose_checked
 from distill.evaluate import main_metric
 from distill.export import export, summary_line
@@ -85,8 +85,8 @@ def main(argv: list[str]) -> None:
                                eval_data=data, max_length=cfg.data.max_length):
                 print(summary_line(line))
             models[name] = str(target / "hf")
-    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", threads=1,
-                     max_length=cfg.data.max_length)
+    report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)",
+                     measure=Measure(threads=1, max_length=cfg.data.max_length))
     from distill.report import table
 
     print(table(report))

@@ -192,7 +192,7 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
 def compare_cmd(args: list[str]) -> None:
     import hydra
 
-    from distill.compare import compare
+    from distill.compare import Measure, compare
     from distill.report import table as markdown_table
 
     kv = _kv(args)
@@ -211,8 +211,8 @@ def compare_cmd(args: list[str]) -> None:
         baseline = names.get(kv.get("baseline"))  # each student is also tested against it (paired)
         (data, max_length), out = _data(kv["data"], kv), kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
-                     split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None,
-                     max_length=int(kv.get("max_length", max_length)))
+                     measure=Measure(split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None,
+                                     max_length=int(kv.get("max_length", max_length))))
     print(markdown_table(report))
     for line in report["notes"]:
         print(f"- {line}")

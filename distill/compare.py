@@ -14,6 +14,7 @@ import os
 import platform
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -73,72 +74,86 @@ def size_and_params(model, info: dict) -> dict:
 # ---------------------------------------------------------------- compare
 
 
+@dataclass(frozen=True)
+class Measure:
+    """How every model is measured: the split and what its text is tokenized to (the run's
+    ``data.max_length``, so models are scored on the inputs they were trained and tested on), the
+    bootstrap, CPU timing, and the teacher pre-flight's kappa floor."""
+
+    split: str | None = None  # None: test if the data has one, else validation
+    max_length: int = 128
+    n_boot: int = 1000
+    seed: int = 0
+    threads: int | None = None  # None: min(4, cores)
+    warmup: int = 5
+    repeats: int = 50
+    batch_size: int = 32
+    min_kappa: float = 0.1
+
+
 def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = None,
             label_names: Sequence[str] | None = None, out_dir: str | os.PathLike = "compare",
             teacher: str = "teacher", baseline: str | None = None, latency_texts: Sequence[str] | None = None,
-            split: str | None = None, threads: int | None = None, n_boot: int = 1000, seed: int = 0,
-            warmup: int = 5, repeats: int = 50, batch_size: int = 32,
             curves: Mapping[str, str | os.PathLike | Sequence[Mapping]] | None = None,
-            min_kappa: float = 0.1, max_length: int = 128) -> dict:
+            measure: Measure = Measure()) -> dict:
     """Evaluate every model on one split, time it on CPU, and write report.md / report.json / PNGs.
-
-    ``max_length``: what raw text is tokenized to — the run's ``data.max_length``, so the report
-    scores the models on the inputs they were trained and tested on.
 
     ``models``: name → our model, checkpoint dir, or ``.onnx`` file; ``teacher`` names the reference
     and ``baseline`` (e.g. the no-KD student) gets its own McNemar column. ``curves``: run name →
     metrics.jsonl / run dir / list of step dicts for the training-curve plot.
     """
-    if teacher not in models:
-        raise DistillError(f"teacher={teacher!r} is not among the models {list(models)}; name one of them")
-    if baseline is not None and baseline not in models:
-        raise DistillError(f"baseline={baseline!r} is not among the models {list(models)}; name one of them")
+    for role, name in (("teacher", teacher), ("baseline", baseline)):
+        if name is not None and name not in models:
+            raise DistillError(f"{role}={name!r} is not among the models {list(models)}; name one of them")
     tokenizer = tokenizer or own_tokenizer(models[teacher])
-    dataset, names, data_task = eval_split(data, tokenizer, split, max_length)
+    dataset, names, data_task = eval_split(data, tokenizer, measure.split, measure.max_length)
     label_names = list(label_names or names or [])
     task = task or data_task or getattr(models[teacher], "task", None)
     if not label_names or task not in ("sequence", "token"):
         raise DistillError("a tokenized split needs label_names= and task=sequence|token (or pass TaskData)")
-    threads = threads or min(4, os.cpu_count() or 1)
-    shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts, max_length))
+    measure = replace(measure, threads=measure.threads or min(4, os.cpu_count() or 1))
+    shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts, measure.max_length))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     results, preds, preflight = {}, {}, None
     for name, ref in models.items():
-        forward, info, model = load(ref, task, threads)
-        own_split, singles, big = _inputs_for(name, ref, model, data, tokenizer, shared, label_names, split,
-                                              latency_texts, max_length)
+        forward, info, model = load(ref, task, measure.threads)
+        inputs = _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_texts, measure)
         log.info("compare: evaluating %s (%s)", name, info["runtime"])
-        preds[name] = ev.predict(forward, own_split, task, batch_size)
-        scores = ev.metrics(preds[name], label_names)
-        ci = ev.bootstrap(preds[name], label_names, n_boot=n_boot, seed=seed)
-        results[name] = {
-            **info, **size_and_params(model, info),
-            "metrics": {k: {"value": v, "ci95": list(ci[k])} for k, v in scores.items()},
-            "latency": ev.measure_latency(forward, singles, big, threads, warmup, repeats),
-        }
+        preds[name] = ev.predict(forward, inputs[0], task, measure.batch_size)
+        results[name] = {**info, **size_and_params(model, info),
+                         **_scores(forward, preds[name], inputs, label_names, measure)}
         if name == teacher:
             if model is None:
                 raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
-            preflight = preflight_from_predictions(preds[name], model.config, label_names, min_kappa)
+            preflight = preflight_from_predictions(preds[name], model.config, label_names, measure.min_kappa)
         del model, forward
-    _relative_to(results, preds, teacher, baseline, label_names, seed)
+    _relative_to(results, preds, teacher, baseline, label_names, measure.seed)
 
-    key = ev.main_metric(task)
     report = {
-        "task": task, "metric": key, "teacher": teacher, "baseline": baseline, "label_names": label_names,
+        "task": task, "metric": ev.main_metric(task), "teacher": teacher, "baseline": baseline,
+        "label_names": label_names,
         "settings": {"n_rows": len(dataset), "n_units": int(len(preds[teacher].y_true)),
-                     "unit": "word" if task == "token" else "row", "n_boot": n_boot, "seed": seed,
-                     "threads": threads, "warmup": warmup, "repeats": repeats, "device": "cpu",
-                     "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
+                     "unit": "word" if task == "token" else "row", "n_boot": measure.n_boot, "seed": measure.seed,
+                     "threads": measure.threads, "warmup": measure.warmup, "repeats": measure.repeats,
+                     "device": "cpu", "torch": torch.__version__, "cpu": platform.processor() or platform.machine()},
         "preflight": preflight, "models": results,
     }
     report["notes"] = notes(report)
     return _write(report, out, curves)
 
 
-def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, split, latency_texts, max_length):
+def _scores(forward, pred, inputs, label_names, measure: Measure) -> dict:
+    """A model's metrics with bootstrap 95% intervals, and its CPU latency on ``inputs``' latency rows."""
+    scores = ev.metrics(pred, label_names)
+    ci = ev.bootstrap(pred, label_names, n_boot=measure.n_boot, seed=measure.seed)
+    _, singles, big = inputs
+    return {"metrics": {k: {"value": v, "ci95": list(ci[k])} for k, v in scores.items()},
+            "latency": ev.measure_latency(forward, singles, big, measure.threads, measure.warmup, measure.repeats)}
+
+
+def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_texts, measure: Measure):
     """The split and latency inputs in ``ref``'s own ids: the shared ones unless it carries another
     vocabulary (a trimmed export); its head checked against the data's labels first."""
     if model is not None:
@@ -152,8 +167,8 @@ def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, split, l
     if not hasattr(data, "splits"):
         raise DistillError(f"model {name!r} has its own vocabulary; pass TaskData (not a tokenized split) "
                            "so each model is tokenized with its own tokenizer")
-    own_split = eval_split(data, own, split, max_length)[0]  # e.g. a vocabulary-trimmed export: same rows
-    return (own_split, *latency_inputs(own, own_split, latency_texts, max_length))
+    own_split = eval_split(data, own, measure.split, measure.max_length)[0]  # e.g. a trimmed export: same rows
+    return (own_split, *latency_inputs(own, own_split, latency_texts, measure.max_length))
 
 
 def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None, label_names, seed: int) -> None:

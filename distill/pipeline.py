@@ -149,7 +149,7 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     teacher_dir, kd_dir, base_dir = dirs["teacher"], dirs["distill"], dirs["baseline"]
     (out / "pipeline.json").write_text(json.dumps({name: str(d) for name, d in dirs.items()}, indent=1))
 
-    from distill.compare import compare
+    from distill.compare import Measure, compare
     from distill.export import export
 
     data = hydra.utils.instantiate(cfg.data.source)
@@ -160,7 +160,7 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
         models[CONTROL] = str(dirs["control"] / "student")
         curves["augmented, gold labels"] = dirs["control"] / "metrics.jsonl"
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", curves=curves,
-                     max_length=cfg.data.max_length)
+                     measure=Measure(max_length=cfg.data.max_length))
     texts = train_texts(data)
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,

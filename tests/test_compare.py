@@ -4,6 +4,7 @@ and the teacher pre-flight catches a teacher that was never fine-tuned."""
 import json
 import logging
 import re
+from dataclasses import replace
 
 import matplotlib.image
 import numpy as np
@@ -13,7 +14,7 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import accuracy_score, f1_score
 
 from distill import evaluate as ev
-from distill.compare import compare
+from distill.compare import Measure, compare
 from distill.errors import DistillError
 from distill.plots import training_curves
 from distill.preflight import check_labels, teacher_preflight
@@ -21,7 +22,7 @@ from tests.export_helpers import sentences, sequence_rows, tiny_model, tiny_toke
 
 PNG = b"\x89PNG\r\n\x1a\n"
 TAGS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-FAST = dict(n_boot=200, warmup=1, repeats=3, threads=1)
+FAST = Measure(n_boot=200, warmup=1, repeats=3, threads=1)
 
 
 def assert_png(path):
@@ -102,7 +103,7 @@ def test_compare_report_figures_are_consistent(tmp_path):
     history = [{"step": s, "loss": 1 / s, "eval/accuracy": 0.5 + s / 100} for s in range(1, 20)]
     report = compare({"teacher": teacher, "kd": student, "no_kd": baseline}, tok, rows, task="sequence",
                      label_names=["negative", "positive"], out_dir=tmp_path, baseline="no_kd",
-                     curves={"kd": history}, **FAST)
+                     curves={"kd": history}, measure=FAST)
     saved = json.loads((tmp_path / "report.json").read_text())
     t, s = saved["models"]["teacher"], saved["models"]["kd"]
     assert t["metrics"]["accuracy"]["value"] == 1.0 and not saved["preflight"]["near_chance"]
@@ -149,7 +150,7 @@ def test_compare_token_task_reports_entity_f1_and_warning(tmp_path):
     rows = token_rows(tok, words, tags)
     teacher, student = tiny_model("token", labels=TAGS, seed=0), tiny_model("token", labels=TAGS, seed=1)
     report = compare({"teacher": teacher, "student": student}, tok, rows, task="token", label_names=TAGS,
-                     out_dir=tmp_path, latency_texts=["the film was good", "not very funny"], **FAST)
+                     out_dir=tmp_path, latency_texts=["the film was good", "not very funny"], measure=FAST)
     s = report["models"]["student"]
     assert set(s["metrics"]) == {"entity_f1", "token_accuracy"} and report["settings"]["unit"] == "word"
     assert report["settings"]["n_units"] == sum(len(w) for w in words)
@@ -180,7 +181,7 @@ def test_compare_tokenizes_raw_data_at_the_runs_max_length(tmp_path):
     gold = ev.predict(ev.torch_forward(teacher), [{**r, "labels": 0} for r in rows], "sequence").y_pred
     data = TaskData(datasets.DatasetDict({"test": datasets.Dataset.from_dict(
         {"text": texts, "label": [int(y) for y in gold]})}), ["negative", "positive"], "sequence")
-    at = {n: compare({"teacher": teacher}, tok, data, out_dir=tmp_path / str(n), max_length=n, **FAST)
+    at = {n: compare({"teacher": teacher}, tok, data, out_dir=tmp_path / str(n), measure=replace(FAST, max_length=n))
           for n in (4, 64)}
     accuracy = {n: r["models"]["teacher"]["metrics"]["accuracy"]["value"] for n, r in at.items()}
     assert accuracy[4] == 1.0 and accuracy[64] < 0.95
@@ -193,7 +194,7 @@ def test_compare_names_the_model_whose_labels_do_not_fit(tmp_path):
     with pytest.raises(DistillError, match=r"^model 'student' \(.*\): the model predicts 3 labels \['a', 'b', 'c'\] "
                                            r"but the data has 2"):
         compare({"teacher": tiny_model(), "student": three}, tok, rows, task="sequence",
-                label_names=["negative", "positive"], out_dir=tmp_path, **FAST)
+                label_names=["negative", "positive"], out_dir=tmp_path, measure=FAST)
 
 
 def test_paired_bootstrap_matches_the_normal_approximation_and_its_edges():

@@ -154,10 +154,10 @@ def test_export_from_task_data_with_trimmed_vocab(tmp_path, monkeypatch):
     assert config["vocab_size"] == trim["vocab_after"] and config["id2label"] == {"0": "negative", "1": "positive"}
     assert int8["eval_rows"] == len(data.splits["validation"])
     # compare reads the exported int8 file next to PyTorch models: one table, one thread setting
-    from distill.compare import compare
+    from distill.compare import Measure, compare
 
-    report = compare({"teacher": run, "int8": int8["path"]}, None, data, split="validation",
-                     out_dir=tmp_path / "cmp", n_boot=100, warmup=1, repeats=3, threads=1)
+    report = compare({"teacher": run, "int8": int8["path"]}, None, data, out_dir=tmp_path / "cmp",
+                     measure=Measure(split="validation", n_boot=100, warmup=1, repeats=3, threads=1))
     assert report["models"]["int8"]["runtime"] == "onnxruntime"
     assert report["models"]["int8"]["size_bytes"] == int8["size_bytes"]
 

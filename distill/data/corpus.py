@@ -135,22 +135,7 @@ def assemble(
             columns[split][label_col] = ids[split]
     else:
         names = []
-    stats = {"rows_read": sum(len(next(iter(c.values()))) for c in columns.values()),
-             "duplicates_dropped": 0, "overlap_dropped": 0}
-
-    for split, cols in columns.items():  # exact duplicates within a split: keep the first
-        if dedupe:
-            keep = drop_duplicates(_keys(cols, task))
-            stats["duplicates_dropped"] += len(cols[text_col]) - len(keep)
-            columns[split] = _take(cols, keep)
-    # given splits: a text in test must not also be trained or tuned on
-    for later, earlier in (("test", "train"), ("test", "validation"), ("validation", "train")):
-        if later in columns and earlier in columns:
-            seen = {normalise(k) for k in _keys(columns[later], task)}
-            keep = [i for i, k in enumerate(_keys(columns[earlier], task)) if normalise(k) not in seen]
-            stats["overlap_dropped"] += len(columns[earlier][text_col]) - len(keep)
-            columns[earlier] = _take(columns[earlier], keep)
-
+    stats = _drop_repeats(columns, task, text_col, dedupe)
     missing = [(s, f) for s, f in (("test", test_fraction), ("validation", validation_fraction))
                if s not in columns and f]
     pool = len(columns["train"][text_col])
@@ -170,6 +155,25 @@ def assemble(
         cols = _take(cols, hash_order(_keys(cols, task)))
         out[split] = datasets.Dataset.from_dict(cols, features=_features(cols, task, names), split=split)
     return datasets.DatasetDict(out), names, stats
+
+
+def _drop_repeats(columns: dict[str, dict[str, list]], task: str, text_col: str, dedupe: bool) -> dict[str, int]:
+    """In place: exact duplicates within a split (the first kept, when ``dedupe``), and any text of a later
+    split (test, validation) from the earlier ones — a test text must not also be trained or tuned on."""
+    stats = {"rows_read": sum(len(next(iter(c.values()))) for c in columns.values()),
+             "duplicates_dropped": 0, "overlap_dropped": 0}
+    for split, cols in columns.items():
+        if dedupe:
+            keep = drop_duplicates(_keys(cols, task))
+            stats["duplicates_dropped"] += len(cols[text_col]) - len(keep)
+            columns[split] = _take(cols, keep)
+    for later, earlier in (("test", "train"), ("test", "validation"), ("validation", "train")):
+        if later in columns and earlier in columns:
+            seen = {normalise(k) for k in _keys(columns[later], task)}
+            keep = [i for i, k in enumerate(_keys(columns[earlier], task)) if normalise(k) not in seen]
+            stats["overlap_dropped"] += len(columns[earlier][text_col]) - len(keep)
+            columns[earlier] = _take(columns[earlier], keep)
+    return stats
 
 
 def save_dataset(path: Path, splits: datasets.DatasetDict, meta: dict) -> None:
