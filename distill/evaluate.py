@@ -25,10 +25,9 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.outputs import IGNORE_INDEX
+from distill.outputs import IGNORE_INDEX, MODEL_INPUTS
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 MLM_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the masked positions are decoded
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the χ² approximation is poor
 

@@ -19,12 +19,13 @@ from torch import Tensor, nn
 from distill import evaluate as ev
 from distill.errors import DistillError
 from distill.models.hub import save_pretrained
+from distill.outputs import MODEL_INPUTS
 from distill.vocab_trim import write_vocab
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = {"hf": 1e-5, "onnx": 1e-4, "torchscript": 1e-5}
-INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+INPUTS = list(MODEL_INPUTS)  # torch.onnx.export takes input_names as a list
 FALLBACK_TEXTS = [
     "a gripping, beautifully shot film.", "dull.", "the plot never finds its footing, but the cast is superb",
     "I would watch it again tomorrow", "an uneven, overlong and strangely moving drama about two brothers",

@@ -8,6 +8,7 @@ from torch import Tensor
 
 IGNORE_INDEX = -100  # the label every loss and metric skips: padding, non-first sub-words, unmasked tokens,
 # rows the teacher labels (torch's cross-entropy default)
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what every model (and ONNX graph) takes
 
 
 @dataclass(frozen=True)

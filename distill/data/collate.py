@@ -21,10 +21,10 @@ from torch.utils.data import DataLoader
 from distill.data.samplers import LengthGroupedBatchSampler, SeededShuffle
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
-from distill.outputs import IGNORE_INDEX
+from distill.outputs import IGNORE_INDEX, MODEL_INPUTS
 
 PADDED = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
-KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", "idx", "gold")
+KEYS = (*MODEL_INPUTS, "labels", "idx", "gold")
 
 
 class Collator:
