@@ -246,3 +246,34 @@ def test_bf16_trains_within_tolerance_of_fp32_and_auto_follows_the_machine(tmp_p
     monkeypatch.setattr(distill.launch, "fast_bf16", lambda: False)
     auto, auto_weights = run("auto_fp32", "auto")
     assert torch.equal(auto, fp32) and all(torch.equal(auto_weights[k], v) for k, v in fp32_weights.items())
+
+
+def test_a_real_composite_loss_asks_the_teacher_only_for_the_maps_it_reads(tmp_path):
+    """engine.train with distill's own losses, not the stub: attention KL on student layer 1 ↔ teacher
+    layer 2 plus hard CE. The teacher is asked for layer 2's attention maps only, and the attention term
+    logged at step 1 equals the term computed by hand on the batch the teacher was given."""
+    import copy
+
+    from distill.engine import flags
+    from distill.losses.attention import AttentionKL
+    from distill.losses.base import CompositeLoss
+    from distill.losses.hard import HardCrossEntropy
+
+    teacher, student = H.models()
+    initial = copy.deepcopy(student)
+    loss = CompositeLoss(attention=AttentionKL(layer_map=[[1, 2]]), hard=HardCrossEntropy(weight=0.5))
+    loss.setup(student.config, teacher.config)
+    asked = []
+    teacher.register_forward_pre_hook(lambda m, a, k: asked.append(k), with_kwargs=True)
+    train_loader, val_loader = H.loaders()
+    result = train(H.config(epochs=1, log_every=1, load_best_at_end=False), student, loss, train_loader,
+                   val_loader, tmp_path, "sequence", "ab", teacher=teacher)
+    assert len(asked) == result.teacher_calls == 6
+    assert {k["output_attentions"] for k in asked} == {frozenset({2})} and not asked[0]["output_hidden_states"]
+    first = {k: v for k, v in asked[0].items() if torch.is_tensor(v)}  # the step-1 batch's model inputs
+    with torch.no_grad():  # the teacher is frozen; the student as it was before step 1
+        t = teacher(**first, **flags(loss.needs, loss.teacher_map_layers()))
+        s = initial(**first, **flags(loss.needs))
+        expected = loss.terms["attention"](s, t, first).item()
+    assert t.attentions[0] is None and t.attentions[1] is not None  # layer 1's map was never computed
+    assert result.history[0]["train/attention"] == pytest.approx(expected, rel=1e-5)
