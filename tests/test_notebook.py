@@ -7,7 +7,6 @@ lands in the repository.
 """
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -79,7 +78,6 @@ def test_quickstart_runs_on_tiny_settings(tmp_path, monkeypatch, venv_kernel):
     assert key == "accuracy"
     kd, teacher = report["models"]["student (KD)"], report["models"]["teacher"]
     retention = kd["retention"][key]
-    assert math.isfinite(retention) and retention > 0
     assert retention == pytest.approx(kd["metrics"][key]["value"] / teacher["metrics"][key]["value"])
     assert retention == pytest.approx(summary["retention"])
     assert 0 < kd["params_ratio"] < 1  # 2 of the teacher's 6 layers
