@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -64,9 +65,14 @@ def _hydra_app(task, overrides: list[str]) -> None:
 
     @hydra.main(config_path="conf", config_name="config", version_base="1.3")
     def app(cfg):
+        run_dir = HydraConfig.get().runtime.output_dir
         try:
-            check_values(cfg)
-            return task(cfg, HydraConfig.get().runtime.output_dir)
+            try:
+                check_values(cfg)
+            except DistillError:
+                _drop_unused(run_dir)  # a config mistake: no run happened, so no run dir stays behind
+                raise
+            return task(cfg, run_dir)
         except Exception as e:
             inner = _unwrap(e)
             if isinstance(inner, DistillError):
@@ -85,6 +91,15 @@ def _hydra_app(task, overrides: list[str]) -> None:
             del os.environ["HYDRA_FULL_ERROR"]
         else:
             os.environ["HYDRA_FULL_ERROR"] = before
+
+
+def _drop_unused(run_dir: str) -> None:
+    """Remove a run dir that holds only what Hydra wrote on entering it (``.hydra/``, the job's log);
+    a dir with anything else in it (a run to resume) is left as it is."""
+    folder = Path(run_dir)
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    if all(e.name == ".hydra" or (e.is_file() and e.suffix == ".log") for e in entries):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _check_run_dir(overrides: list[str]) -> None:
@@ -135,23 +150,34 @@ def _pipeline(cfg, out_dir):
     print(f"run dir: {out_dir}")
 
 
-def _kv(args: list[str]) -> dict[str, object]:
-    """``key=value`` args read with Hydra's override grammar, as `distill train` reads them: ``[a,b]`` is
-    a list, ``true`` a bool, ``64`` an int; ``data.*`` keys are kept as written (for composing the data node)."""
+PATH_KEYS = ("run", "model", "teacher", "students", "baseline", "out", "data")
+
+
+def _kv(args: list[str], command: str) -> dict[str, object]:
+    """``key=value`` args. Paths (PATH_KEYS) are kept as written — ``run=outputs/lr=1e-4,epochs=2``,
+    ``run=2026``, ``~/runs/x`` — and ``[a,b]`` is a list of them; ``data.*`` keys are kept whole (for
+    composing the data node); any other value is read with Hydra's override grammar, as `distill train`
+    reads it (``[hf,onnx]`` a list, ``true`` a bool, ``64`` an int)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
-    try:
-        parsed = OverridesParser.create().parse_overrides(args)
-    except OverrideParseException as e:
-        raise DistillError(f"cannot parse {str(e).splitlines()[0]}; see `distill compare --help`") from None
-    paths = ("run", "model", "teacher", "students", "baseline", "out", "data")  # run=2026 is a dir name, not a number
-    return {o.key_or_group: o.input_line if o.key_or_group.startswith("data.") else
-            _strings(o.value()) if o.key_or_group in paths else o.value() for o in parsed}
-
-
-def _strings(value):
-    return [str(v) for v in value] if isinstance(value, list) else value if value is None else str(value)
+    out: dict[str, object] = {}
+    for arg in args:
+        key, sep, raw = arg.partition("=")
+        if not sep or not key:
+            raise DistillError(f"argument {arg!r} is not key=value; see `distill {command} --help`")
+        if key.startswith("data."):
+            out[key] = arg
+        elif key in PATH_KEYS:
+            listed = raw.startswith("[") and raw.endswith("]")
+            out[key] = [v.strip() for v in raw[1:-1].split(",") if v.strip()] if listed else raw
+        else:
+            try:
+                out[key] = OverridesParser.create().parse_overrides([arg])[0].value()
+            except OverrideParseException as e:
+                raise DistillError(f"cannot parse {arg!r}: {str(e).splitlines()[0]}; "
+                                   f"see `distill {command} --help`") from None
+    return out
 
 
 def _short_names(paths: list[str]) -> list[str]:
@@ -195,7 +221,7 @@ def compare_cmd(args: list[str]) -> None:
     from distill.compare import Measure, compare
     from distill.report import table as markdown_table
 
-    kv = _kv(args)
+    kv = _kv(args, "compare")
     if "run" in kv:
         models, baseline, cfg = _run_models(Path(kv["run"]))
         data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
@@ -224,7 +250,7 @@ def export_cmd(args: list[str]) -> None:
 
     from distill.export import FORMATS, export, summary_line
 
-    kv = _kv(args)
+    kv = _kv(args, "export")
     data, max_length = None, 128
     if "run" in kv:
         run = Path(kv["run"])

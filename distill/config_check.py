@@ -47,7 +47,7 @@ def check_choices(overrides: list[str]) -> None:
         group = o.get_key_element().split("@")[0]
         if group not in GROUPS or o.is_delete():
             continue
-        for value in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
+        for value in _sweep_values(o) if o.is_sweep_override() else [o.value()]:
             if value is None or str(value).lower() in ("null", "none", ""):
                 if group not in OPTIONAL:  # Hydra: a ValueError from its defaults list
                     hint = " (and losses=hard_only: fine-tuning)" if group == "teacher" else ""
@@ -63,10 +63,27 @@ def sweep_points(overrides: list[str]) -> list[list[str]]:
     every sweep at its first value, then each other value of each sweep on its own (so a bad second
     value stops the sweep before job 0 trains, not after)."""
     parsed = OverridesParser.create().parse_overrides(overrides)
-    options = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+    options = [[f"{o.get_key_element()}={v}" for v in _sweep_values(o)] if o.is_sweep_override()
                else [o.input_line] for o in parsed]
     first = [values[0] for values in options]
     return [first] + [first[:i] + [other] + first[i + 1:] for i, values in enumerate(options) for other in values[1:]]
+
+
+def _sweep_values(o) -> list[str]:
+    """A sweep's values as strings; ``glob(...)`` matched against the group's config names (Hydra expands it
+    only once it composes)."""
+    from hydra.core.override_parser.types import Glob
+
+    value = o.value()
+    if not isinstance(value, Glob):
+        return list(o.sweep_string_iterator())
+    group = o.get_key_element().split("@")[0]
+    if group not in GROUPS:
+        raise DistillError(f"{o.input_line}: glob() sweeps over a config group's names ({', '.join(GROUPS)})")
+    names = value.filter(options(group))
+    if not names:
+        raise DistillError(f"{o.input_line} matches no {group}; valid choices: {', '.join(options(group))}")
+    return names
 
 
 def check_sweep(overrides: list[str]) -> None:
@@ -145,7 +162,8 @@ def _missing(cfg: DictConfig, prefix: str = ""):
 def trainer_config(node: DictConfig) -> schema.TrainerConfig:
     """A trainer node (composed: typed by ``trainer/schema``; a pipeline stage's: merged into it here)
     → TrainerConfig, its values checked."""
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema.TrainerConfig), node))
+    values = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node  # ${stage_root}
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema.TrainerConfig), values))
 
 
 def check_values(cfg: DictConfig) -> None:

@@ -26,7 +26,7 @@ def leaderboard_rows(sweep_dir: Path) -> list[dict]:
         metrics = json.loads(metrics_file.read_text())
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
-        row = {"run": job.name, "overrides": " ".join(o for o in overrides if not o.startswith("recipe=")),
+        row = {"run": job.name, "overrides": " ".join(overrides),
                "validation": metrics.get("best_validation")}
         row.update({f"test_{k}": round(v, 4) for k, v in metrics.get("student", {}).items()})
         rows.append(row)

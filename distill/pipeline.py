@@ -127,7 +127,7 @@ def intermediate_stage_config(kd_cfg: DictConfig, intermediate: DictConfig) -> D
     keeps its last weights rather than the best validation accuracy."""
     if not isinstance(intermediate, DictConfig) or intermediate.get("losses") is None:
         raise DistillError("intermediate needs a losses node (e.g. a CompositeLoss of MiniLMRelation and "
-                           "HiddenMSE, see recipes/mr_compact.yaml); set intermediate=null for no such stage")
+                           "HiddenMSE, see `distill recipes`: mr_compact); set intermediate=null for no such stage")
     trainer = OmegaConf.merge(kd_cfg.trainer, intermediate.get("trainer") or {},
                               {"load_best_at_end": False, "early_stopping_patience": None})
     out = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": None})

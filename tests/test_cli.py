@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from distill.cli import main
 from distill.config_check import options, trainer_config
+from distill.errors import DistillError
 from distill.models.student import count_parameters
 from distill.run import build_models, check_compatible
 
@@ -174,7 +175,8 @@ def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path)
     stage = OmegaConf.load(dirs["intermediate"] / "stage.yaml")
     assert stage.trainer.load_best_at_end is False and stage.trainer.lr == 5.0e-4
     assert OmegaConf.load(dirs["baseline"] / "stage.yaml").student == cfg.student
-    bad = _cli("pipeline", "recipe=mr_compact", *SMOKE, "~intermediate.losses", f"stage_root={tmp_path}")
+    bad = _cli("pipeline", "recipe=mr_compact", *SMOKE, "~intermediate.losses", f"stage_root={tmp_path}",
+               cwd=tmp_path)  # its run dir: not in the repo
     assert bad.returncode != 0 and "intermediate needs a losses node" in bad.stderr.strip().splitlines()[-1]
 
 
@@ -253,15 +255,17 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "~trainer.foo"], ["Could not delete from config"]),
     (["train", "+trainer.lr=1"], ["Could not append to config"]),
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
+    (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
 ])
 def test_config_errors_are_one_line(capsys, args, words, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # a value error found after composing stops in Hydra's run dir: keep it out of the repo
+    monkeypatch.chdir(tmp_path)  # a value error is found in Hydra's run dir (outputs/runs/...), here
     assert main(args) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
     for word in words:
         assert word in err, err
+    assert not list(tmp_path.rglob("*.yaml")), "a config mistake left a run dir behind"
 
 
 def test_runtime_errors_are_one_line(tmp_path):
@@ -379,3 +383,24 @@ def test_compare_teacher_students_baseline_as_the_readme_shows(tmp_path):
     boot = report["models"]["student"]["paired_bootstrap"]["best"]
     assert boot["diff"] == 0 and boot["p_value"] == 1.0
     assert "student vs best: paired bootstrap over rows" in run.stdout
+
+
+def test_compare_and_export_keep_paths_as_written():
+    """Paths are not read as Hydra values: a sweep-named run dir, a number-like dir, ~ and spaces stay
+    text; other keys take Hydra's grammar, as `distill train` does."""
+    from distill.cli import _kv
+
+    kv = _kv(["run=outputs/lr=1e-4,epochs=2", "students=[runs/a (copy), ~/b]", "out=2026", "formats=[hf,onnx]",
+              "threads=2", "trim_vocab=true", "data.limit=32"], "export")
+    assert kv == {"run": "outputs/lr=1e-4,epochs=2", "students": ["runs/a (copy)", "~/b"], "out": "2026",
+                  "formats": ["hf", "onnx"], "threads": 2, "trim_vocab": True, "data.limit": "data.limit=32"}
+    with pytest.raises(DistillError, match=r"cannot parse 'formats=\[hf'.*distill export --help"):
+        _kv(["formats=[hf"], "export")
+
+
+def test_a_trainer_key_may_point_at_another_part_of_the_config():
+    """Interpolations resolve against the whole config before the trainer schema checks the values."""
+    from distill.config_check import compose_checked
+
+    cfg = compose_checked(["stage_root=/tmp/st", "trainer.cache_dir=${stage_root}/cache"])
+    assert trainer_config(cfg.trainer).cache_dir == "/tmp/st/cache"

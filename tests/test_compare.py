@@ -121,6 +121,7 @@ def test_compare_report_figures_are_consistent(tmp_path):
     wrong = round(len(rows) * (1 - s["metrics"]["accuracy"]["value"]))
     assert s["mcnemar"]["teacher"]["b"] == 0 and s["mcnemar"]["teacher"]["c"] == wrong  # b: only kd right
     assert saved["settings"]["threads"] == 1 and saved["settings"]["n_rows"] == len(rows)
+    assert report["models"]["kd"]["latency"]["p90_ms"] >= report["models"]["kd"]["latency"]["p50_ms"] > 0
     assert report["models"]["kd"]["metrics"] == s["metrics"]  # what compare returns is what it saved
     assert len(saved["plots"]) == 2
     for path in saved["plots"]:
