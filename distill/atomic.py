@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from distill.errors import DistillError
+
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
@@ -41,3 +43,18 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
                     raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable(path: str | os.PathLike, fix: str) -> Path:
+    """Make the dir ``path`` if needed and write (then drop) a file in it, before any work depends on it.
+
+    A file is written rather than ``os.access`` asked: that also catches read-only mounts, ACLs and quotas.
+    An unwritable dir is one line naming it and ``fix`` (what to change)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise DistillError(f"cannot write in {path} ({e.strerror or type(e).__name__}); {fix}") from None
+    return path

@@ -103,11 +103,18 @@ def _drop_unused(run_dir: str) -> None:
 
 
 def _check_run_dir(overrides: list[str]) -> None:
-    """A run dir given on the command line must be a dir or not exist yet (Hydra's own trace otherwise)."""
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key in ("hydra.run.dir", "hydra.sweep.dir") and Path(value).exists() and not Path(value).is_dir():
+    """The run dir (the one given, else the default under ./outputs) must be, or be creatable as, a dir we
+    can write in: Hydra writes its record and log there before our code runs (its own trace otherwise)."""
+    given = dict(o.partition("=")[::2] for o in overrides if o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")))
+    for key, value in (given or {"hydra.run.dir": "outputs"}).items():
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
             raise DistillError(f"{key}={value} is a file, not a dir; point {key} at a new or existing dir")
+        existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+        if not os.access(existing, os.W_OK | os.X_OK):
+            where = f"the run dir {value}" if existing == path.absolute() else f"{existing}, where the run dir " \
+                f"{value}{'' if given else '/...'} would be made"
+            raise DistillError(f"cannot write in {where}; make it writable or point {key} at a dir you can write in")
 
 
 def _rank_overrides() -> list[str]:

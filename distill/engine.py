@@ -26,6 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
+from distill.atomic import check_writable
 from distill.checkpoint import resume, save_checkpoint
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
@@ -431,7 +432,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     ``final_metrics(student)`` (main process only), called on the kept weights at the end: its flat
     scalars go to the trackers under ``test/`` and the dict into the result as ``final``."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    for folder in (out, out / "checkpoints") if (out / "checkpoints").is_dir() else (out,):  # before any step
+        check_writable(folder, "make it writable, or train in another run dir")
     accelerator = make_accelerator(cfg, out, find_unused=any(True for _ in loss.parameters()))
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
@@ -447,9 +449,10 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
         module, optimizer, train_loader, eval_loader, scheduler)
     plain = accelerator.unwrap_model(module)
     log.info("device %s, %d process(es), mixed precision %s, batch %d per device, %d global x %d accumulation "
-             "(distributed: %s)", accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
+             "(distributed: %s; CPU kernels %s, %d threads: both change the last digits a seed gives)",
+             accelerator.device, accelerator.num_processes, accelerator.mixed_precision,
              train_loader.total_batch_size // accelerator.num_processes, train_loader.total_batch_size, accum,
-             accelerator.distributed_type.value)
+             accelerator.distributed_type.value, torch.backends.cpu.get_cpu_capability(), torch.get_num_threads())
     targets = teacher_targets(cfg, accelerator, plain.loss, teacher, train_loader.dataset, task, cache_key, out)
     settings = flat_scalars(run_config or asdict(cfg))  # checked on resume, given to the trackers
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters

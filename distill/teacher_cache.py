@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from distill.atomic import check_writable
 from distill.models.hub import weights_digest
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class TeacherCache:
 
     def __init__(self, root: str | os.PathLike, key: str, n_rows: int, row_shape: tuple[int, ...]):
         self.dir = Path(root) / f"teacher-{key}"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        check_writable(self.dir, "set trainer.cache_dir to a writable dir, or trainer.teacher_cache=false")
         meta = {"n_rows": n_rows, "row_shape": list(row_shape)}
         meta_file = self.dir / "meta.json"
         fresh = not meta_file.exists() or json.loads(meta_file.read_text()) != meta

@@ -1,8 +1,10 @@
 """Run a tiny distillation to completion, or SIGKILL itself part-way.
 
-    python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint] [--kill-at-batch N] [--cache DIR]
+    python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint] [--kill-at-batch N]
+        [--kill-in-second-checkpoint-write] [--cache DIR]
 Writes OUT_DIR/final.safetensors with the student's final weights. ``--kill-at-batch N`` dies in the
-forward of batch N (counted from this process's start); ``--cache DIR`` turns the teacher-logit cache on.
+forward of batch N (counted from this process's start); ``--kill-in-second-checkpoint-write`` dies with
+half the second checkpoint's weights file written; ``--cache DIR`` turns the teacher-logit cache on.
 """
 
 import logging
@@ -10,6 +12,7 @@ import os
 import signal
 import sys
 
+import accelerate
 from safetensors.torch import save_file
 
 import distill.engine
@@ -27,6 +30,20 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
         distill.engine.save_checkpoint = save_then_die
+    if "--kill-in-second-checkpoint-write" in args:
+        real_state, calls = accelerate.Accelerator.save_state, []
+
+        def die_halfway(self, output_dir, **kwargs):
+            calls.append(output_dir)
+            if len(calls) == 2:
+                real_state(self, output_dir, **kwargs)
+                weights = os.path.join(output_dir, "model.safetensors")
+                with open(weights, "r+b") as f:
+                    f.truncate(os.path.getsize(weights) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real_state(self, output_dir, **kwargs)
+
+        accelerate.Accelerator.save_state = die_halfway
     loss = H.SignalAt(int(args[args.index("--kill-at-batch") + 1]), signal.SIGKILL) if "--kill-at-batch" in args \
         else H.KDTestLoss()
     cache = args[args.index("--cache") + 1] if "--cache" in args else None

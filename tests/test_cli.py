@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,9 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
         assert (tmp_path / path).is_file(), path
     log = (tmp_path / "cli.log").read_text()
     assert "device cpu, 1 process(es), mixed precision no, batch 32 per device, 32 global x 1 accumulation" in log
+    import torch
+
+    assert f"CPU kernels {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads" in log
     # 2 batches per epoch: epoch-end checkpoints at steps 2 and 4, the final one at 5; keep_last=2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000004", "step_00000005"]
     from distill.models.hub import from_pretrained
@@ -346,6 +350,51 @@ def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
     same = _cli(*args, "trainer.log_every=1")  # logging settings may change: it resumes (nothing left to do)
     assert same.returncode == 0 and "resumed from" in same.stdout + same.stderr
+
+
+def _error_line(run) -> str:
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    (line,) = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
+    return line
+
+
+def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
+    """Issue 19: a read-only run dir, checkpoints dir, teacher cache or $DISTILL_CACHE gave PermissionError
+    traces, and a read-only checkpoints dir lost the trained steps (the first save failed after them).
+    Root ignores permission bits, so as root the CLI runs with CAP_DAC_OVERRIDE dropped (setpriv)."""
+    if os.geteuid() == 0 and not shutil.which("setpriv"):
+        pytest.skip("running as root, which ignores permission bits, and setpriv (util-linux) is missing")
+    unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+
+    def cli(*args, env=None):
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_CACHE": str(tmp_path / "cache"), **(env or {})}
+        return subprocess.run([*unprivileged, sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    run, locked = tmp_path / "run", [tmp_path / d for d in ("ro", "ro-cache", "ro-data")]
+    for folder in locked:
+        folder.mkdir()
+        folder.chmod(0o555)
+    args = ["train", "teacher=tiny", "student=tiny", "data=tiny", f"hydra.run.dir={run}"]
+    assert cli(*args, "trainer.max_steps=4").returncode == 0
+    before = sorted(p.name for p in (run / "checkpoints").iterdir())
+    (run / "checkpoints").chmod(0o555)
+    line = _error_line(cli(*args, "trainer.max_steps=6"))  # train longer: refused before step 5, not after it
+    assert f"cannot write in {run / 'checkpoints'} (Permission denied); make it writable" in line
+    assert f"cannot write in the run dir {locked[0]}; make it writable or point hydra.run.dir" in \
+        _error_line(cli(*args[:-1], f"hydra.run.dir={locked[0]}"))
+    assert f"cannot write in {locked[0]}, where the run dir {locked[0]}/new would be made" in \
+        _error_line(cli(*args[:-1], f"hydra.run.dir={locked[0]}/new"))
+    assert "set trainer.cache_dir to a writable dir" in _error_line(
+        cli(*args[:-1], f"hydra.run.dir={tmp_path / 'cached'}", "trainer.max_steps=4", "trainer.teacher_cache=true",
+            f"trainer.cache_dir={locked[1]}"))
+    assert f"cannot write in {locked[2] / 'data'} (Permission denied); set DISTILL_CACHE to a writable dir" in \
+        _error_line(cli(*args[:-1], f"hydra.run.dir={tmp_path / 'other'}", env={"DISTILL_CACHE": str(locked[2])}))
+    (run / "checkpoints").chmod(0o755)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # the kept checkpoint resumes
+    resumed = cli(*args, "trainer.max_steps=6")
+    assert resumed.returncode == 0 and "resumed from" in resumed.stderr + resumed.stdout, resumed.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["steps"] == 6
 
 
 def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):

@@ -42,14 +42,19 @@ def test_sigkilled_run_resumes_to_identical_weights(tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
-@pytest.mark.parametrize("kill_at", [5, 8])  # epoch 0 with the teacher cache filling; mid epoch 1
-def test_sigkill_with_the_teacher_cache_on_resumes_to_identical_weights(tmp_path, kill_at):
+@pytest.mark.parametrize("kill", [("--kill-at-batch", "5"), ("--kill-at-batch", "8"),
+                                  ("--kill-in-second-checkpoint-write",)])
+def test_sigkill_with_the_teacher_cache_on_resumes_to_identical_weights(tmp_path, kill):
     """Issue 19 #6: rows cached (fp16) after the checkpoint but before the kill were read back on resume
-    where the uninterrupted run had used the teacher's fp32 logits: weights differed by 2.4e-7."""
+    where the uninterrupted run had used the teacher's fp32 logits: weights differed by 2.4e-7. Kills: epoch
+    0 with the teacher cache filling, mid epoch 1, and halfway through writing the step-6 checkpoint."""
     full = _run(tmp_path / "full", "--cache", str(tmp_path / "cache-full"))
     assert full.returncode == 0, full.stderr[-2000:]
-    killed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"), "--kill-at-batch", str(kill_at))
+    killed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"), *kill)
     assert killed.returncode == -9
+    if kill[0] == "--kill-in-second-checkpoint-write":  # the torn write stays in its temp dir, step 3 is whole
+        assert sorted(p.name for p in (tmp_path / "resumed" / "checkpoints").iterdir()) == [
+            ".tmp-step_00000006", "step_00000003"]
     resumed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"))
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr

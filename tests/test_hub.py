@@ -158,6 +158,8 @@ def test_project_embeddings_keeps_the_top_principal_directions():
     pos_s = narrow.bert.embeddings.position_embeddings.weight.detach()
     basis = torch.linalg.lstsq(centred, w8 - w8.mean(0)).solution  # (32, 8): the map words went through
     assert torch.allclose(pos_s, pos_t @ basis, atol=1e-4)  # positions share the words' projection
+    directions = basis.T  # (8, 32): each one's largest entry is positive, whatever sign LAPACK returned
+    assert (directions.gather(1, directions.abs().argmax(1, keepdim=True)) > 0).all()
     with pytest.raises(DistillError, match="no wider"):
         student_from_config(teacher, 1, 64, 2, project_embeddings=True)
 

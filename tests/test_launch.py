@@ -54,7 +54,7 @@ def one_process(tmp_path_factory) -> dict:
 
 def _assert_two_processes_match(cwd: Path, log: str, one: dict) -> None:
     assert "2 process(es), mixed precision no, batch 8 per device, 16 global x 1 accumulation " \
-           "(distributed: MULTI_CPU)" in log
+           "(distributed: MULTI_CPU; " in log
     assert log.count("run dir: ") == 1  # rank 0 reports, rank 1 stays quiet
     run_dir = _one_run_dir(cwd)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "metrics.json").is_file()

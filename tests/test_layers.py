@@ -8,8 +8,8 @@ from pathlib import Path
 import distill
 
 RANK = {  # a module may import only modules of a lower rank (or its own package: data.* → data.*)
-    **dict.fromkeys(["errors", "outputs", "atomic", "tables"], 0),
-    **dict.fromkeys(["launch", "interrupt", "evaluate", "layer_map", "report", "plots", "schema"], 1),
+    **dict.fromkeys(["errors", "outputs", "tables"], 0),
+    **dict.fromkeys(["atomic", "launch", "interrupt", "evaluate", "layer_map", "report", "plots", "schema"], 1),
     "models": 2,
     **dict.fromkeys(["data", "losses", "checkpoint", "teacher_cache", "vocab_trim"], 3),
     **dict.fromkeys(["engine", "preflight", "export_formats", "model_card"], 4),

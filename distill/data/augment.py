@@ -251,9 +251,10 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
         raise DistillError("data.augment.precision=bf16, but this GPU has no bf16 (before Ampere); use auto or no")
     mlm_key = mlm_fingerprint(mlm, tokenizer, texts, settings.mlm)  # fitted in fp32, whatever the precision
     key = _fingerprint(data, tokenizer, settings, mlm_key, extra_text)
-    path = cache_dir() / "augment" / f"{data.name or 'data'}-{key}"
+    path = cache_dir("augment") / f"{data.name or 'data'}-{key}"
     fresh = not (path / "distill.json").is_file()
     if fresh:
+        cache_dir("augment", write=True)
         if settings.method == "contextual":  # the neighbours method asks no masked-LM
             # fp32: under bf16 autocast the fit collapsed on MR (held-out top-1 0.000 vs 0.168 in fp32)
             mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import datasets
 
-from distill.atomic import atomic_dir
+from distill.atomic import atomic_dir, check_writable
 from distill.data.labels import encode_labels
 from distill.data.splits import KEY_SEPARATOR, carve, check_fractions, drop_duplicates, hash_order, normalise
 from distill.errors import DistillError
@@ -56,9 +56,11 @@ class Table:
     renamed: dict[str, str] = field(default_factory=dict)  # canonical column → the user's name
 
 
-def cache_dir() -> Path:
-    """``$DISTILL_CACHE`` or ``~/.cache/distill``."""
-    return Path(os.path.expanduser(os.environ.get("DISTILL_CACHE", "~/.cache/distill")))
+def cache_dir(sub: str = "", write: bool = False) -> Path:
+    """``$DISTILL_CACHE`` (or ``~/.cache/distill``), or its folder ``sub``. ``write``: made and proven
+    writable first, so that an unwritable cache stops the run before the work whose result it would keep."""
+    path = Path(os.path.expanduser(os.environ.get("DISTILL_CACHE", "~/.cache/distill"))) / sub
+    return check_writable(path, "set DISTILL_CACHE to a writable dir") if write else path
 
 
 def file_key(path: Path) -> dict:
@@ -206,8 +208,9 @@ def build(
     settings = {"key": key, "task": task, "label_names": label_names, "test": test_fraction,
                 "validation": validation_fraction, "dedupe": dedupe, "format": FORMAT_VERSION}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    path = cache_dir() / "data" / f"{name}-{digest}"
+    path = cache_dir("data") / f"{name}-{digest}"
     if not (path / "distill.json").is_file():
+        cache_dir("data", write=True)
         splits, names, stats = assemble(read(), task, label_names, test_fraction, validation_fraction, dedupe)
         save_dataset(path, splits, {"name": name, "task": task, "label_names": names, "stats": stats})
     meta = json.loads((path / "distill.json").read_text())

@@ -100,9 +100,9 @@ def _read_file(path: Path, task: str, wanted: dict[str, str | None]) -> Table:
             raise DistillError(f"{origin} is read as token<TAB>tag lines; set task=token (or task=raw for .txt)")
         return read_conll(path, origin)
     kwargs = {"delimiter": "\t"} if path.suffix.lower() == ".tsv" else {}
+    hf_cache = str(cache_dir("hf", write=True))  # outside the try: its one line is not a malformed file
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train",
-                                   cache_dir=str(cache_dir() / "hf"), **kwargs)
+        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", cache_dir=hf_cache, **kwargs)
     except Exception as e:  # parser errors of pandas / pyarrow / json all mean "the file is malformed"
         if "corresponds to no data" in str(e):  # a header and no rows
             raise DistillError(f"{origin} has no rows; give a file with at least one example") from None
@@ -189,8 +189,9 @@ def hub(
     label_key = {"sequence": "label", "token": "tags"}.get(task)
 
     def read() -> dict[str, Table]:
+        hf_cache = str(cache_dir("hf", write=True))
         try:
-            loaded = datasets.load_dataset(name, config, revision=revision, cache_dir=str(cache_dir() / "hf"))
+            loaded = datasets.load_dataset(name, config, revision=revision, cache_dir=hf_cache)
         except Exception as e:  # offline, unknown name, missing config: one line for all
             raise DistillError(
                 f"could not load {name!r}{f' ({config})' if config else ''} from the Hugging Face hub "

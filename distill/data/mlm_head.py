@@ -159,7 +159,7 @@ def masked_lm(model: BertForMaskedLM, tokenizer, texts: list[str], held_out: lis
         return model.eval().requires_grad_(False)
     if not texts:
         raise DistillError("augment: no training text to fit the masked-LM head on")
-    path = cache_dir() / "mlm" / (key or fingerprint(model, tokenizer, texts, fit))
+    path = cache_dir("mlm") / (key or fingerprint(model, tokenizer, texts, fit))
     weights, meta = path / "head.safetensors", path / "meta.json"
     if weights.is_file() and meta.is_file():
         state = load_file(str(weights))
@@ -167,6 +167,7 @@ def masked_lm(model: BertForMaskedLM, tokenizer, texts: list[str], held_out: lis
         info = json.loads(meta.read_text())
         log.info("masked-LM head from cache %s (held-out top-1 accuracy %.3f)", path, info["held_out_accuracy"])
         return model.eval().requires_grad_(False)
+    cache_dir("mlm", write=True)  # before the fit, not after it
     fit_head(model, tokenizer, texts, fit)
     accuracy = held_out_accuracy(model, tokenizer, held_out or texts[:500], fit)
     trained = _trained(model, fit.train_layers)

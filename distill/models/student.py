@@ -95,7 +95,8 @@ def pca_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -
     With the teacher's word embeddings E (V, H_t), centred Ē = E − mean(E) and its top-H_s right
     singular vectors U (H_t, H_s), every table becomes X·U: word (V, H_s), position (P, H_s),
     token type (2, H_s). The projection is linear, so word + position + type sums project exactly;
-    the student's LayerNorm keeps its fresh init (γ = 1, β = 0).
+    the student's LayerNorm keeps its fresh init (γ = 1, β = 0). Each direction's sign is fixed (its
+    largest entry positive), so the same teacher gives the same student with any LAPACK.
     """
     es, et = _encoder(student).embeddings, _encoder(teacher).embeddings
     hs, ht = student.config.hidden_size, teacher.config.hidden_size
@@ -104,7 +105,8 @@ def pca_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -
                            "use init_embeddings for equal widths")
     words = et.word_embeddings.weight.float()  # (V, H_t)
     _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
-    basis = vh[:hs].T  # (H_t, H_s)
+    top = vh[:hs]  # (H_s, H_t); a singular vector's sign is arbitrary (LAPACK builds differ): fix it
+    basis = (top * top.gather(1, top.abs().argmax(1, keepdim=True)).sign()).T  # largest entry > 0; (H_t, H_s)
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         table = getattr(et, name).weight.float()  # (rows, H_t)
         getattr(es, name).weight.copy_(table @ basis)  # (rows, H_s)
