@@ -6,6 +6,8 @@
                     [max_length=N]
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
                    [max_length=N]  (default: the run's or data's data.max_length)
+    distill predict model=DIR|RUN_DIR|FILE.onnx input=FILE.csv|.tsv|.jsonl|.txt|- [output=preds.csv]
+                    [text_column=text] [max_length=N] [batch_size=32]  labels (+ probabilities) per row
     distill recipes                                 list the ready recipes
     distill check                                   packaged teacher, 2-layer student, parity vs transformers
 
@@ -157,7 +159,7 @@ def _pipeline(cfg, out_dir):
     print(f"run dir: {out_dir}")
 
 
-PATH_KEYS = ("run", "model", "teacher", "students", "baseline", "out", "data")
+PATH_KEYS = ("run", "model", "teacher", "students", "baseline", "out", "data", "input", "output")
 
 
 def _kv(args: list[str], command: str) -> dict[str, object]:
@@ -291,6 +293,24 @@ def export_cmd(args: list[str]) -> None:
         print(summary_line(line))
 
 
+def predict_cmd(args: list[str]) -> None:
+    from distill.predict import predict_file
+
+    kv = _kv(args, "predict")
+    if "model" not in kv or "input" not in kv:
+        raise DistillError("predict needs model=DIR (or FILE.onnx) and input=FILE (or - for stdin)")
+    model, max_length = Path(str(kv["model"])).expanduser(), 128
+    if (model / "student" / "config.json").is_file() and not (model / "config.json").is_file():  # a train run dir
+        from omegaconf import OmegaConf
+
+        max_length = int(OmegaConf.load(model / ".hydra" / "config.yaml").data.max_length)  # as it trained
+        model = model / "student"
+    out = predict_file(str(model), str(kv["input"]), str(kv.get("output", "predictions.csv")),
+                       text_column=str(kv.get("text_column", "text")),
+                       max_length=int(kv.get("max_length", max_length)), batch_size=int(kv.get("batch_size", 32)))
+    print(f"predictions: {out}")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -300,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     if command not in ("train", "pipeline"):  # Hydra sets up logging for those (a second handler doubles lines)
         logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        if command in ("compare", "export", "check") and {"-h", "--help"} & set(rest):
+        if command in ("compare", "export", "predict", "check") and {"-h", "--help"} & set(rest):
             print(_usage(command))
         elif command == "recipes":
             from distill.config_check import recipe_descriptions
@@ -332,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
             compare_cmd(rest)
         elif command == "export":
             export_cmd(rest)
+        elif command == "predict":
+            predict_cmd(rest)
         else:
-            raise DistillError(f"unknown command {command!r}; use train, pipeline, compare, export, recipes or check")
+            raise DistillError(f"unknown command {command!r}; use train, pipeline, compare, export, predict, recipes "
+                               "or check")
     except DistillError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -52,7 +52,7 @@ def _cli(*args, cwd=ROOT, env=None):
 @pytest.mark.parametrize("command, expected", [
     ("train", "== Configuration groups =="), ("pipeline", "recipe=NAME"),
     ("compare", "distill compare run=RUN_DIR"), ("export", "distill export run=RUN_DIR | model=DIR"),
-    ("check", "distill check")])
+    ("predict", "distill predict model=DIR|RUN_DIR|FILE.onnx"), ("check", "distill check")])
 def test_every_subcommand_has_help(command, expected, tmp_path):
     run = _cli(command, "--help", cwd=tmp_path)
     assert run.returncode == 0 and expected in run.stdout, run.stdout + run.stderr[-2000:]
@@ -109,6 +109,12 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     exported = _cli("export", f"run={tmp_path}", "formats=[hf]")  # as the README shows it, right after train
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp_path / "export" / "hf" / "model.safetensors").is_file()
+    (tmp_path / "new.csv").write_text("text\na moving film\nslow and dull\n")
+    predicted = _cli("predict", f"model={tmp_path}", f"input={tmp_path / 'new.csv'}",  # as the README shows it
+                     f"output={tmp_path / 'preds.csv'}")
+    assert predicted.returncode == 0, predicted.stderr[-3000:]
+    rows = (tmp_path / "preds.csv").read_text().splitlines()
+    assert rows[0] == "text,label,p_negative,p_positive" and len(rows) == 3
 
 
 def test_sweep_ends_with_a_leaderboard(tmp_path):

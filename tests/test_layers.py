@@ -13,13 +13,13 @@ RANK = {  # a module may import only modules of a lower rank (or its own package
     "models": 2,
     **dict.fromkeys(["data", "losses", "checkpoint", "teacher_cache", "vocab_trim"], 3),
     **dict.fromkeys(["engine", "preflight", "export_formats", "model_card"], 4),
-    **dict.fromkeys(["config_check", "compare", "export"], 5),
+    **dict.fromkeys(["config_check", "compare", "export", "predict"], 5),
     "run": 6,
     **dict.fromkeys(["pipeline", "check"], 7),
     **dict.fromkeys(["cli", "leaderboard", "conf", "recipes", "__init__"], 8),
 }
 TRAINING = {"engine", "run", "checkpoint", "teacher_cache", "pipeline", "config_check"}
-BESIDE = {"compare", "report", "plots", "preflight", "export", "export_formats", "model_card", "vocab_trim"}
+BESIDE = {"compare", "predict", "report", "plots", "preflight", "export", "export_formats", "model_card", "vocab_trim"}
 ROOT = Path(distill.__file__).parent
 
 
