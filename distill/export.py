@@ -105,6 +105,16 @@ def _export_one(fmt: str, model, tokenizer, out: Path, inputs: _Inputs, onnx_too
     return result
 
 
+def _card_results(model_dir: Path) -> list:
+    """The test metrics a student dir's own card holds (none without a card); an untrimmed export's
+    hf / onnx logits equal the student's (parity checked), so its metrics are theirs."""
+    if not (model_dir / "README.md").is_file():
+        return []
+    from huggingface_hub import ModelCard
+
+    return list(ModelCard.load(model_dir / "README.md").data.eval_results or [])
+
+
 def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Sequence[str] = FORMATS,
            trim_vocab: bool = False, texts: Sequence[str] | None = None, eval_data=None, *,
            label_names: Sequence[str] | None = None, recipe: str | Mapping | None = None,
@@ -151,7 +161,8 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     for fmt in formats:
         log.info("export: %s", fmt)
         results.append({"format": fmt, **_export_one(fmt, model, tokenizer, out, inputs, "onnx" in formats)})
-    card = write_model_card(out, model, names, results, recipe=recipe, compare_report=compare_report)
+    card = write_model_card(out, model, names, results, recipe=recipe, compare_report=compare_report,
+                            student_results=[] if trim_vocab else _card_results(Path(resolve(model_dir))))
     if (out / "hf").is_dir():
         shutil.copyfile(card, out / "hf" / "README.md")
     return results

@@ -1,4 +1,5 @@
-"""The model card (README.md) of an export dir: what the model is, how it compares, how it was made."""
+"""Model cards (README.md) of a trained student dir and of an export dir: what the model is, how it scores and
+compares, how it was made; Hub metadata through huggingface_hub's ``ModelCardData``."""
 
 from __future__ import annotations
 
@@ -41,15 +42,62 @@ def _exports_table(results: Sequence[dict]) -> list[str]:
     return lines
 
 
+def hub_metadata(model, label_names: Sequence[str], name: str, metrics: Mapping[str, float] | None = None,
+                 dataset: str | None = None, base_model: str | None = None, eval_results=None) -> str:
+    """The card's YAML header, through huggingface_hub's ``ModelCardData``: library, pipeline tag, base
+    model (a hub id only), and the test metrics as a ``model-index`` the Hub reads."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    task = "token-classification" if model.task == "token" else "text-classification"
+    results = list(eval_results or []) + [
+        EvalResult(task_type=task, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
+                   dataset_split="test", metric_type=k, metric_value=round(float(v), 6))
+        for k, v in (metrics or {}).items()]
+    hub_id = base_model if base_model and not Path(base_model).expanduser().exists() else None
+    data = ModelCardData(library_name="transformers", pipeline_tag=task, tags=["distillation", "bert", "distill"],
+                         base_model=hub_id, model_name=name, eval_results=results or None)
+    return f"---\n{data.to_yaml()}\n---"
+
+
+def write_student_card(folder: Path, model, label_names: Sequence[str], summary: Mapping, teacher: str | None,
+                       dataset: str | None, recipe: str | None, command: str) -> Path:
+    """``folder/README.md`` for a trained student: test metrics with 95% bootstrap intervals, beside
+    the teacher's; teacher, data, recipe and the command that made it."""
+    student, teacher_m = summary.get("student", {}), summary.get("teacher", {})
+    intervals = summary.get("ci95", {}).get("student", {})
+    n = count_parameters(model)
+    c = model.config
+    lines = [hub_metadata(model, label_names, folder.name, student, dataset, teacher), "",
+             f"# Distilled student ({dataset or 'custom data'})", "",
+             f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads: "
+             f"{n['total'] / 1e6:.2f}M parameters. Teacher: `{teacher or 'none'}`; recipe: `{recipe or 'none'}`.", "",
+             "Labels: " + ", ".join(f"`{i}` = {name}" for i, name in enumerate(label_names)), ""]
+    if student:
+        lines += ["## Test split", "", "| metric | student | 95% interval | teacher |", "|---|---|---|---|"]
+        for k, v in student.items():
+            lo, hi = intervals.get(k, (None, None))
+            ci = f"{100 * lo:.2f} – {100 * hi:.2f}" if lo is not None else "–"
+            t = f"{100 * teacher_m[k]:.2f}" if k in teacher_m else "–"
+            lines.append(f"| {k} | {100 * v:.2f} | {ci} | {t} |")
+        lines.append("")
+    lines += ["## Made with", "", "```bash", command, "```", "",
+              "Load it with `transformers.AutoModelForSequenceClassification` / `AutoModelForTokenClassification`, "
+              "or `distill predict model=<this dir> input=FILE.csv`.", ""]
+    path = folder / "README.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
 def write_model_card(out: str | os.PathLike, model, label_names: Sequence[str], results: Sequence[dict],
                      recipe: str | os.PathLike | Mapping | None = None,
-                     compare_report: str | os.PathLike | Mapping | None = None) -> Path:
-    """Write ``out/README.md`` and return its path."""
+                     compare_report: str | os.PathLike | Mapping | None = None, student_results=None) -> Path:
+    """Write ``out/README.md`` and return its path; ``student_results``: the exported student's own card's
+    ``EvalResult``s (its test metrics), kept in the export's metadata."""
     c, task = model.config, model.task
     n = count_parameters(model)
     pipeline_tag = "token-classification" if task == "token" else "text-classification"
     lines = [
-        "---", "library_name: transformers", f"pipeline_tag: {pipeline_tag}", "tags: [distillation, bert]", "---", "",
+        hub_metadata(model, label_names, Path(out).name, eval_results=student_results), "",
         f"# Distilled BERT for {pipeline_tag.replace('-', ' ')}", "",
         f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, vocabulary "
         f"{c.vocab_size}: {n['total'] / 1e6:.2f}M parameters ({n['non_embedding'] / 1e6:.2f}M outside the "

@@ -10,9 +10,11 @@ import dataclasses
 import inspect
 import json
 import logging
+import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -22,8 +24,9 @@ from distill.data.collate import Collator, make_dataloader
 from distill.data.tokenize import summarize, tokenize
 from distill.engine import train
 from distill.errors import DistillError
+from distill.evaluate import bootstrap, predict, torch_forward
 from distill.evaluate import metrics as task_metrics
-from distill.evaluate import predict, torch_forward
+from distill.model_card import write_student_card
 from distill.models.hub import load_tokenizer, save_pretrained
 from distill.models.student import count_parameters
 
@@ -231,7 +234,12 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
                    final_metrics=final_metrics(cfg, data, tokenized, teacher, eval_loader))
     if not launch.state().is_main_process:  # every process trained; one writes the results
         return {}
-    return write_results(out, result, teacher, tokenizer)
+    summary = write_results(out, result, teacher, tokenizer)
+    write_student_card(out / "student", result.student, list(data.label_names or []), summary,
+                       teacher.config.name_or_path if teacher is not None else None, data.name,
+                       HydraConfig.get().runtime.choices.get("recipe") if HydraConfig.initialized() else None,
+                       " ".join(sys.argv))
+    return summary
 
 
 def tokenized_splits(cfg: DictConfig, data, tokenizer):
@@ -253,8 +261,10 @@ def final_metrics(cfg: DictConfig, data, tokenized, teacher, eval_loader):
         if "test" not in tokenized or data.task == "raw":
             return {}
         models = {"student": trained, "teacher": teacher}
-        return {name: task_metrics(predict(torch_forward(m), tokenized["test"], data.task), data.label_names)
-                for name, m in models.items() if m is not None}
+        preds = {name: predict(torch_forward(m), tokenized["test"], data.task) for name, m in models.items()
+                 if m is not None}
+        scores = {name: task_metrics(p, data.label_names) for name, p in preds.items()}
+        return {**scores, "ci95": {name: bootstrap(p, data.label_names) for name, p in preds.items()}}
 
     return measure
 

@@ -109,6 +109,18 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     exported = _cli("export", f"run={tmp_path}", "formats=[hf]")  # as the README shows it, right after train
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp_path / "export" / "hf" / "model.safetensors").is_file()
+    from huggingface_hub import ModelCard
+
+    for card_dir in (tmp_path / "student", tmp_path / "export" / "hf"):  # the student's card, and its export's
+        card = ModelCard.load(card_dir / "README.md")  # huggingface_hub's parser: YAML header and model-index
+        assert card.data.pipeline_tag == "text-classification" and "distillation" in card.data.tags
+        assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+            k: round(v, 6) for k, v in metrics["student"].items()}
+    lo, hi = metrics["ci95"]["student"]["accuracy"]
+    assert lo <= metrics["student"]["accuracy"] <= hi and lo < hi
+    text = (tmp_path / "student" / "README.md").read_text()
+    assert f"{100 * lo:.2f} – {100 * hi:.2f}" in text and "recipe: `mr_logits`" in text
+    assert "distill train recipe=mr_logits teacher=tiny" in text  # the command that made it
     (tmp_path / "new.csv").write_text("text\na moving film\nslow and dull\n")
     predicted = _cli("predict", f"model={tmp_path}", f"input={tmp_path / 'new.csv'}",  # as the README shows it
                      f"output={tmp_path / 'preds.csv'}")
