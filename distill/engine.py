@@ -34,9 +34,9 @@ from distill.evaluate import (
     MLM_INPUTS,
     MODEL_INPUTS,
     Predictions,
-    main_metric,
     masked_lm_metrics,
     masked_lm_totals,
+    metric_for_best,
     metrics,
 )
 from distill.interrupt import StopRequest
@@ -272,11 +272,12 @@ class Evaluation:
     label_names: object
     best_dir: Path
     patience: int | None
+    metric: str  # higher is better
 
     def __call__(self, state: LoopState, metrics_log: MetricsLog) -> bool:
         state.eval_step = state.global_step
         values = evaluate(self.accelerator, self.student, self.loader, self.task, self.label_names)
-        key = main_metric(self.task)
+        key = self.metric
         if state.best is None or values[key] > state.best:
             state.best, state.best_step, state.bad_evals = values[key], state.global_step, 0
             if self.accelerator.is_main_process:
@@ -415,13 +416,14 @@ class Loop:
 class TrainResult:
     student: nn.Module  # with the kept weights (the best validation step's when load_best_at_end)
     steps: int
-    best: float | None  # best validation value of the main metric, and its step
+    best: float | None  # best validation value of ``best_metric``, and its step
     best_step: int | None
     nonfinite: int
     teacher_calls: int
     num_processes: int
     history: list[dict]  # every logged row, as in metrics.jsonl
     final: dict | None  # final_metrics(student), main process only
+    best_metric: str | None = None  # the validation metric ``best`` is (trainer.metric_for_best)
 
 
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
@@ -438,6 +440,7 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
+    best_metric = metric_for_best(cfg.metric_for_best, task)  # a wrong name stops here, before any step
     module = StudentWithLoss(student, loss)
     optimizer = make_optimizer(module, cfg)
     accum = accelerator.gradient_accumulation_steps
@@ -460,7 +463,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
         accelerator.init_trackers(cfg.project, config=settings, init_kwargs={"wandb": wandb})
     state = LoopState.restored(resume(accelerator, out, cfg.resume, settings))
     evaluation = None if eval_loader is None else Evaluation(
-        accelerator, plain.student, eval_loader, task, label_names, out / "best", cfg.early_stopping_patience)
+        accelerator, plain.student, eval_loader, task, label_names, out / "best", cfg.early_stopping_patience,
+        best_metric)
     loop = Loop(cfg, accelerator, module, plain.loss, optimizer, scheduler, train_loader, total, targets, evaluation,
                 MetricsLog(accelerator, out / "metrics.jsonl", state.global_step),
                 Checkpoints(accelerator, out, cfg.keep_last, settings))
@@ -490,4 +494,5 @@ def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_me
                         step=state.global_step)
     accelerator.end_training()
     return TrainResult(student, state.global_step, state.best, state.best_step, state.nonfinite, state.teacher_calls,
-                       accelerator.num_processes, loop.metrics_log.history, final)
+                       accelerator.num_processes, loop.metrics_log.history, final,
+                       loop.evaluation.metric if loop.evaluation is not None else None)

@@ -32,9 +32,25 @@ MLM_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the mas
 EXACT_MCNEMAR_BELOW = 25  # discordant pairs; below this the χ² approximation is poor
 
 
+# validation metrics that can pick the best checkpoint (higher is better), the task's main one first
+SELECTABLE = {"sequence": ("accuracy", "macro_f1"), "token": ("entity_f1", "token_accuracy"),
+              "mlm": ("mlm_accuracy",)}
+
+
 def main_metric(task: str) -> str:
     """The metric retention is computed on (same convention as training)."""
     return {"token": "entity_f1", "mlm": "mlm_accuracy"}.get(task, "accuracy")
+
+
+def metric_for_best(choice: str | None, task: str) -> str:
+    """``trainer.metric_for_best`` checked against the task (None: the task's main metric)."""
+    options = SELECTABLE.get(task, (main_metric(task),))
+    if choice is None:
+        return options[0]
+    if choice not in options:
+        raise DistillError(f"trainer.metric_for_best={choice!r} is not a validation metric of a {task} task; use one "
+                           f"of {', '.join(options)}")
+    return choice
 
 
 def masked_lm_stats(model: torch.nn.Module, batch: dict[str, Tensor]) -> Tensor:

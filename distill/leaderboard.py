@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def leaderboard_rows(sweep_dir: Path) -> list[dict]:
     """One row per finished job: its overrides, its best validation score (the ranking: choosing
-    settings on the test split would select them on test data) and its student's test metrics beside."""
+    settings on the test split would select them on test data) in ``trainer.metric_for_best``, and its
+    student's test metrics beside."""
     rows = []
     for job in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         metrics_file = job / "metrics.json"
@@ -27,7 +28,7 @@ def leaderboard_rows(sweep_dir: Path) -> list[dict]:
         overrides_file = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_file) if overrides_file.is_file() else []
         row = {"run": job.name, "overrides": " ".join(overrides),
-               "validation": metrics.get("best_validation")}
+               "validation": metrics.get("best_validation"), "ranked_by": metrics.get("best_metric")}
         row.update({f"test_{k}": round(v, 4) for k, v in metrics.get("student", {}).items()})
         rows.append(row)
     unranked = float("-inf")  # a job without a validation split goes last, not first

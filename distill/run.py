@@ -272,7 +272,8 @@ def final_metrics(cfg: DictConfig, data, tokenized, teacher, eval_loader):
 def write_results(out: Path, result, teacher, tokenizer) -> dict:
     """student/, metrics.json and the training curves; returns the metrics."""
     save_pretrained(result.student, out / "student", tokenizer)
-    summary = {"steps": result.steps, "best_validation": result.best, "nonfinite": result.nonfinite,
+    summary = {"steps": result.steps, "best_validation": result.best, "best_metric": result.best_metric,
+               "nonfinite": result.nonfinite,
                "student_params": count_parameters(result.student), **result.final}
     if teacher is not None and "teacher" in summary:
         summary["teacher_params"] = count_parameters(teacher)

@@ -34,6 +34,9 @@ class TrainerConfig:
     save_every: int | None = None  # steps; None = at the end of every epoch
     keep_last: int = 2
     early_stopping_patience: int | None = None  # evaluations without improvement
+    # the validation metric for the best checkpoint, early stopping and the sweep leaderboard: accuracy |
+    # macro_f1 (sequence), entity_f1 | token_accuracy (token); None: the task's main one (accuracy, entity_f1)
+    metric_for_best: str | None = None
     max_nonfinite: int = 5  # non-finite losses in a row before stopping
     log_every: int = 10
     teacher_cache: bool = True

@@ -136,7 +136,8 @@ def test_sweep_ends_with_a_leaderboard(tmp_path):
     board = (tmp_path / "leaderboard.md").read_text()
     assert "losses.logits.temperature=1" in board and "losses.logits.temperature=4" in board
     rows = (tmp_path / "leaderboard.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("run,overrides,validation,test_accuracy") and len(rows) == 3
+    assert rows[0].startswith("run,overrides,validation,ranked_by,test_accuracy") and len(rows) == 3
+    assert all(",accuracy," in row for row in rows[1:])  # trainer.metric_for_best's default for a sequence task
 
 
 def test_pipeline_reuses_finished_stages(tmp_path):

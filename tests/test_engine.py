@@ -178,6 +178,23 @@ def test_impossible_trainer_settings_stop_with_one_line(changes, message):
     TrainerConfig(epochs=0.5, lr=0, max_steps=None)  # fractional epochs and a frozen run are fine
 
 
+@pytest.mark.parametrize("choice, key", [(None, "accuracy"), ("macro_f1", "macro_f1")])
+def test_metric_for_best_picks_the_kept_step(tmp_path, choice, key):
+    """Issue 17: the best checkpoint (and early stopping, the leaderboard) can follow macro-F1."""
+    teacher, student = H.models()
+    train_loader, val_loader = H.loaders()
+    result = train(H.config(epochs=3, eval_every=2, metric_for_best=choice), student, H.KDTestLoss(), train_loader,
+                   val_loader, tmp_path, "sequence", "ab", teacher=teacher)
+    evals = [row for row in result.history if f"eval/{key}" in row]
+    assert len(evals) == 9 and result.best_metric == key
+    best = max(evals, key=lambda row: row[f"eval/{key}"])  # the first step reaching the maximum is kept
+    assert (result.best, result.best_step) == (best[f"eval/{key}"], best["step"])
+    with pytest.raises(DistillError, match="trainer.metric_for_best='entity_f1' is not a validation metric of a "
+                                           "sequence task; use one of accuracy, macro_f1"):
+        train(H.config(metric_for_best="entity_f1"), student, H.KDTestLoss(), train_loader, val_loader,
+              tmp_path / "x", "sequence", "ab", teacher=teacher)
+
+
 @pytest.mark.parametrize(("grad_accum", "steps"), [(None, 3), (1, 6)])
 def test_launcher_accumulation_applies_unless_the_config_sets_it(tmp_path, monkeypatch, grad_accum, steps):
     monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "2")  # what accelerate launch / config sets
