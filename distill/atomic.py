@@ -48,8 +48,8 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]:
 def check_writable(path: str | os.PathLike, fix: str) -> Path:
     """Make the dir ``path`` if needed and write (then drop) a file in it, before any work depends on it.
 
-    A file is written rather than ``os.access`` asked: that also catches read-only mounts, ACLs and quotas.
-    An unwritable dir is one line naming it and ``fix`` (what to change)."""
+    A file is made rather than ``os.access`` asked: that also catches read-only mounts and ACLs (not a full
+    disk: the file stays empty). An unwritable dir is one line naming it and ``fix`` (what to change)."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,9 @@ BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_nam
 # is honoured: the schedule is rebuilt for the new length), not what a step computes
 FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps"}
 PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description")
+# trainer keys added after runs existed, with a None default: absent from an older checkpoint or stage key means
+# None, so those runs still resume and their stage dirs are still reused
+ADDED_AS_NONE = frozenset({"metric_for_best"})
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -85,6 +88,8 @@ def changed_settings(saved: dict, config: dict) -> list[str]:
     keys = sorted(set(saved) | set(config))
     keep = [k for k in keys if k.rsplit(".", 1)[-1] not in FREE_TO_CHANGE and not k.startswith(PIPELINE_ONLY)]
     missing = "(unset)"
+    keep = [k for k in keep if not (k.rsplit(".", 1)[-1] in ADDED_AS_NONE and k not in saved
+                                    and config.get(k) in (None, "None"))]
     return [f"{k}={saved.get(k, missing)} (now {config.get(k, missing)})" for k in keep
             if json.dumps(saved.get(k, missing), default=str) != json.dumps(config.get(k, missing), default=str)]
 

@@ -107,9 +107,10 @@ def _drop_unused(run_dir: str) -> None:
 def _check_run_dir(overrides: list[str]) -> None:
     """The run dir (the one given, else the default under ./outputs) must be, or be creatable as, a dir we
     can write in: Hydra writes its record and log there before our code runs (its own trace otherwise)."""
-    given = dict(o.partition("=")[::2] for o in overrides if o.startswith(("hydra.run.dir=", "hydra.sweep.dir=")))
+    given = dict(o.lstrip("+").partition("=")[::2] for o in overrides
+                 if o.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")))
     for key, value in (given or {"hydra.run.dir": "outputs"}).items():
-        path = Path(value).expanduser()
+        path = Path(value)  # as Hydra makes it: no ~ expansion
         if path.exists() and not path.is_dir():
             raise DistillError(f"{key}={value} is a file, not a dir; point {key} at a new or existing dir")
         existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
@@ -297,14 +298,18 @@ def predict_cmd(args: list[str]) -> None:
     from distill.predict import predict_file
 
     kv = _kv(args, "predict")
-    if "model" not in kv or "input" not in kv:
-        raise DistillError("predict needs model=DIR (or FILE.onnx) and input=FILE (or - for stdin)")
-    model, max_length = Path(str(kv["model"])).expanduser(), 128
-    if (model / "student" / "config.json").is_file() and not (model / "config.json").is_file():  # a train run dir
+    unknown = sorted(set(kv) - {"model", "input", "output", "text_column", "max_length", "batch_size"})
+    if unknown or "model" not in kv or "input" not in kv:
+        raise DistillError(f"{'unknown key ' + repr(unknown[0]) + '; ' if unknown else ''}predict takes model=DIR "
+                           "(or FILE.onnx) input=FILE (or - for stdin) [output= text_column= max_length= batch_size=]")
+    model, max_length = Path(str(kv["model"])).expanduser(), 128  # a student dir or .onnx file: 128 unless given
+    if not (model / "config.json").is_file() and (model / ".hydra" / "config.yaml").is_file():  # a run dir
         from omegaconf import OmegaConf
 
-        max_length = int(OmegaConf.load(model / ".hydra" / "config.yaml").data.max_length)  # as it trained
-        model = model / "student"
+        cfg = OmegaConf.load(model / ".hydra" / "config.yaml")
+        model = Path(_run_models(model)[0]["student (KD)"]) if (model / "pipeline.json").is_file() \
+            else model / "student"
+        max_length = int(cfg.data.max_length)  # the length it trained at
     out = predict_file(str(model), str(kv["input"]), str(kv.get("output", "predictions.csv")),
                        text_column=str(kv.get("text_column", "text")),
                        max_length=int(kv.get("max_length", max_length)), batch_size=int(kv.get("batch_size", 32)))

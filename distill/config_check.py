@@ -173,6 +173,17 @@ def check_values(cfg: DictConfig) -> None:
     if missing:
         raise DistillError(f"missing required value {missing[0]}; add {missing[0]}=... to the command line")
     try:
-        trainer_config(cfg.trainer)
+        trainer = trainer_config(cfg.trainer)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise DistillError(f"trainer.{getattr(e, 'key', '')}: {str(e).splitlines()[0]}") from None
+    if trainer.metric_for_best is not None:  # a typo stops here, not after a pipeline's teacher stage
+        source = OmegaConf.select(cfg, "data.source", default=None)
+        task = source.get("task") if isinstance(source, DictConfig) else None  # data=files says; named sources not
+        from distill.evaluate import SELECTABLE, metric_for_best
+
+        if task in SELECTABLE:
+            metric_for_best(trainer.metric_for_best, task)
+        elif all(trainer.metric_for_best not in names for names in SELECTABLE.values()):
+            known = sorted({n for names in SELECTABLE.values() for n in names})
+            raise DistillError(f"trainer.metric_for_best={trainer.metric_for_best!r} is no validation metric; use "
+                               f"one of {', '.join(known)}")

@@ -46,6 +46,10 @@ class Leaderboard(Callback):
             writer = csv.DictWriter(f, columns)
             writer.writeheader()
             writer.writerows(rows)
+        metrics = sorted({str(r.get("ranked_by")) for r in rows})
+        if len(metrics) > 1:  # e.g. a sweep over trainer.metric_for_best or data=: the ranks do not compare
+            log.warning("the jobs were ranked by different validation metrics (%s); compare rows of one metric only",
+                        ", ".join(metrics))
         text = render(columns, [[r.get(c, "") for c in columns] for r in rows])
         (sweep / "leaderboard.md").write_text(text)
         print(text, end="")

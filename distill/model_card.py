@@ -42,16 +42,19 @@ def _exports_table(results: Sequence[dict]) -> list[str]:
     return lines
 
 
-def hub_metadata(model, label_names: Sequence[str], name: str, metrics: Mapping[str, float] | None = None,
-                 dataset: str | None = None, base_model: str | None = None, eval_results=None) -> str:
+PIPELINE_TAGS = {"sequence": "text-classification", "token": "token-classification"}  # else fill-mask
+
+
+def hub_metadata(model, name: str, metrics: Mapping[str, float] | None = None, dataset: str | None = None,
+                 base_model: str | None = None, eval_results=None, split: str = "test") -> str:
     """The card's YAML header, through huggingface_hub's ``ModelCardData``: library, pipeline tag, base
-    model (a hub id only), and the test metrics as a ``model-index`` the Hub reads."""
+    model (a hub id only), and the ``split`` metrics as a ``model-index`` the Hub reads."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    task = "token-classification" if model.task == "token" else "text-classification"
+    task = PIPELINE_TAGS.get(model.task, "fill-mask")
     results = list(eval_results or []) + [
         EvalResult(task_type=task, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
-                   dataset_split="test", metric_type=k, metric_value=round(float(v), 6))
+                   dataset_split=split, metric_type=k, metric_value=round(float(v), 6))
         for k, v in (metrics or {}).items()]
     hub_id = base_model if base_model and not Path(base_model).expanduser().exists() else None
     data = ModelCardData(library_name="transformers", pipeline_tag=task, tags=["distillation", "bert", "distill"],
@@ -59,30 +62,37 @@ def hub_metadata(model, label_names: Sequence[str], name: str, metrics: Mapping[
     return f"---\n{data.to_yaml()}\n---"
 
 
+def _value(metric: str, v: float) -> str:
+    return f"{v:.2f}" if "perplexity" in metric else f"{100 * v:.2f}"  # rates as percentages
+
+
 def write_student_card(folder: Path, model, label_names: Sequence[str], summary: Mapping, teacher: str | None,
                        dataset: str | None, recipe: str | None, command: str) -> Path:
-    """``folder/README.md`` for a trained student: test metrics with 95% bootstrap intervals, beside
-    the teacher's; teacher, data, recipe and the command that made it."""
+    """``folder/README.md`` for a trained student: its metrics on the test split (validation for raw text)
+    with 95% bootstrap intervals, beside the teacher's; teacher, data, recipe and the command that made it."""
+    split = summary.get("split", "test")
     student, teacher_m = summary.get("student", {}), summary.get("teacher", {})
     intervals = summary.get("ci95", {}).get("student", {})
     n = count_parameters(model)
     c = model.config
-    lines = [hub_metadata(model, label_names, folder.name, student, dataset, teacher), "",
+    classifier = model.task in PIPELINE_TAGS
+    lines = [hub_metadata(model, folder.name, student, dataset, teacher, split=split), "",
              f"# Distilled student ({dataset or 'custom data'})", "",
              f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads: "
-             f"{n['total'] / 1e6:.2f}M parameters. Teacher: `{teacher or 'none'}`; recipe: `{recipe or 'none'}`.", "",
-             "Labels: " + ", ".join(f"`{i}` = {name}" for i, name in enumerate(label_names)), ""]
+             f"{n['total'] / 1e6:.2f}M parameters. Teacher: `{teacher or 'none'}`; recipe: `{recipe or 'none'}`.", ""]
+    if classifier:
+        lines += ["Labels: " + ", ".join(f"`{i}` = {name}" for i, name in enumerate(label_names)), ""]
     if student:
-        lines += ["## Test split", "", "| metric | student | 95% interval | teacher |", "|---|---|---|---|"]
+        lines += [f"## {split.capitalize()} split", "", "| metric | student | 95% interval | teacher |",
+                  "|---|---|---|---|"]
         for k, v in student.items():
             lo, hi = intervals.get(k, (None, None))
-            ci = f"{100 * lo:.2f} – {100 * hi:.2f}" if lo is not None else "–"
-            t = f"{100 * teacher_m[k]:.2f}" if k in teacher_m else "–"
-            lines.append(f"| {k} | {100 * v:.2f} | {ci} | {t} |")
+            ci = f"{_value(k, lo)} – {_value(k, hi)}" if lo is not None else "–"
+            lines.append(f"| {k} | {_value(k, v)} | {ci} | {_value(k, teacher_m[k]) if k in teacher_m else '–'} |")
         lines.append("")
-    lines += ["## Made with", "", "```bash", command, "```", "",
-              "Load it with `transformers.AutoModelForSequenceClassification` / `AutoModelForTokenClassification`, "
-              "or `distill predict model=<this dir> input=FILE.csv`.", ""]
+    use = ("`transformers.AutoModelForSequenceClassification` / `AutoModelForTokenClassification`, or `distill "
+           "predict model=<this dir> input=FILE.csv`") if classifier else "`transformers.AutoModelForMaskedLM`"
+    lines += ["## Made with", "", "```bash", command, "```", "", f"Load it with {use}.", ""]
     path = folder / "README.md"
     path.write_text("\n".join(lines))
     return path
@@ -97,7 +107,7 @@ def write_model_card(out: str | os.PathLike, model, label_names: Sequence[str], 
     n = count_parameters(model)
     pipeline_tag = "token-classification" if task == "token" else "text-classification"
     lines = [
-        hub_metadata(model, label_names, Path(out).name, eval_results=student_results), "",
+        hub_metadata(model, Path(out).name, eval_results=student_results), "",
         f"# Distilled BERT for {pipeline_tag.replace('-', ' ')}", "",
         f"{c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} heads, vocabulary "
         f"{c.vocab_size}: {n['total'] / 1e6:.2f}M parameters ({n['non_embedding'] / 1e6:.2f}M outside the "

@@ -1,8 +1,9 @@
 """`distill predict`: label a file of texts with a saved student dir or an exported ``.onnx`` file.
 
-Sequence models add ``label`` and one ``p_<label>`` probability column per class; token models split
-each text on whitespace and add ``tags`` (one tag per word, space-separated). Rows are batched by
-length (fewer pad tokens) and written back in the input's order.
+Sequence models add ``predicted_label`` and one ``p_<label>`` probability column per class; token
+models split each text on whitespace and add ``predicted_tags`` (one tag per word, space-separated).
+The input's own columns (a gold ``label`` too) are kept as they were. Rows are batched by length (fewer
+pad tokens) and written back in the input's order.
 """
 
 from __future__ import annotations
@@ -39,14 +40,14 @@ def read_inputs(path: str, text_column: str) -> tuple[pd.DataFrame, list[str]]:
         if not _read_text(file).strip():  # also one clear line for a missing or non-UTF-8 file
             raise DistillError(f"input={path} is empty")
         try:
-            frame = pd.read_json(file, lines=True) if suffix == ".jsonl" else pd.read_csv(file, **READERS[suffix],
-                                                                                          keep_default_na=False)
+            frame = pd.read_json(file, lines=True, dtype=False, convert_dates=False) if suffix == ".jsonl" else \
+                pd.read_csv(file, **READERS[suffix], dtype=str, keep_default_na=False)  # "007" stays "007"
         except (ValueError, pd.errors.ParserError) as e:
             raise DistillError(f"input={path} could not be parsed ({type(e).__name__}); check its format") from None
         if text_column not in frame.columns:
             have = ", ".join(map(str, frame.columns))
             raise DistillError(f"input={path} has no column {text_column!r} (it has: {have}); set text_column=...")
-    texts = frame[text_column].astype(str).tolist() if len(frame) else []
+    texts = [" ".join(map(str, t)) if isinstance(t, list) else str(t) for t in frame[text_column]]  # jsonl words
     if not texts:
         raise DistillError(f"input={path} has no texts")
     return frame, texts
@@ -68,6 +69,15 @@ def _model_dir(model: str) -> Path:
     if not path.exists():
         raise DistillError(f"model={model} does not exist; give a student dir or an exported .onnx file")
     return folder
+
+
+def _task(config, model: str) -> str:
+    """sequence | token from the saved head; a model without a classification head labels nothing."""
+    arch = (config.architectures or ["?"])[0]
+    if not arch.endswith(("ForSequenceClassification", "ForTokenClassification")):
+        raise DistillError(f"model={model} is a {arch}, not a classifier: predict needs a student trained on a "
+                           "labelled task (a general / masked-LM student has no classification head)")
+    return task_of(config)
 
 
 def _encode(tokenizer, texts: list[str], task: str, max_length: int) -> tuple[list[dict], list[list[int]]]:
@@ -94,7 +104,7 @@ def predict_texts(model: str, texts: list[str], max_length: int = 128, batch_siz
     token rows (-1 for a word beyond ``max_length``)."""
     folder = _model_dir(model)
     config = load_config(folder)
-    task, names = task_of(config), [config.id2label[i] for i in range(config.num_labels)]
+    task, names = _task(config, model), [config.id2label[i] for i in range(config.num_labels)]
     forward, _, _ = load(model if str(model).endswith(".onnx") else folder, task, threads or torch.get_num_threads())
     rows, firsts = _encode(load_tokenizer(folder), texts, task, max_length)
     order = np.argsort([len(r["input_ids"]) for r in rows], kind="stable")  # similar lengths share a batch
@@ -111,14 +121,19 @@ def predict_texts(model: str, texts: list[str], max_length: int = 128, batch_siz
     return task, names, results
 
 
-def predict_file(model: str, input: str, output: str, text_column: str = "text", max_length: int = 128,
+def predict_file(model: str, source: str, output: str, text_column: str = "text", max_length: int = 128,
                  batch_size: int = 32, threads: int | None = None) -> Path:
-    """Label ``input`` (see ``read_inputs``) and write ``output`` as CSV: the input's columns + predictions."""
-    frame, texts = read_inputs(input, text_column)
+    """Label ``source`` (see ``read_inputs``) and write ``output`` as CSV: the input's columns + predictions."""
+    frame, texts = read_inputs(source, text_column)
     task, names, results = predict_texts(model, texts, max_length, batch_size, threads)
+    added = ["predicted_label", *(f"p_{n}" for n in names)] if task == "sequence" else ["predicted_tags"]
+    clash = [c for c in added if c in frame.columns]
+    if clash:
+        raise DistillError(f"input={source} already has a column {clash[0]!r}; rename it (predict adds "
+                           f"{', '.join(added)})")
     if task == "sequence":
         probs = np.stack(results)  # (N, C)
-        frame["label"] = [names[k] for k in probs.argmax(1)]
+        frame["predicted_label"] = [names[k] for k in probs.argmax(1)]
         for c, name in enumerate(names):
             frame[f"p_{name}"] = probs[:, c].round(6)
     else:
@@ -126,9 +141,9 @@ def predict_file(model: str, input: str, output: str, text_column: str = "text",
         if cut:
             log.warning("predict: %d words lie beyond max_length=%d and get no tag ('-'); raise max_length", cut,
                         max_length)
-        frame["tags"] = [" ".join(names[t] if t >= 0 else "-" for t in tags) for tags in results]
+        frame["predicted_tags"] = [" ".join(names[t] if t >= 0 else "-" for t in tags) for tags in results]
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     frame.to_csv(out, index=False)
-    log.info("predict: %d rows labelled by %s -> %s", len(frame), model, out)
+    log.info("predict: %d rows labelled by %s at max_length %d -> %s", len(frame), model, max_length, out)
     return out

@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -236,10 +237,18 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         return {}
     summary = write_results(out, result, teacher, tokenizer)
     write_student_card(out / "student", result.student, list(data.label_names or []), summary,
-                       teacher.config.name_or_path if teacher is not None else None, data.name,
-                       HydraConfig.get().runtime.choices.get("recipe") if HydraConfig.initialized() else None,
-                       " ".join(sys.argv))
+                       engine_teacher.config.name_or_path if engine_teacher is not None else None, data.name,
+                       *_recipe_and_command())
     return summary
+
+
+def _recipe_and_command() -> tuple[str | None, str]:
+    """The recipe and the command of this job as a shell line (one job of a sweep: its own overrides)."""
+    if not HydraConfig.initialized():
+        return None, "(Python API: distill.run.run_training)"
+    hydra_cfg = HydraConfig.get()
+    command = sys.argv[0] if sys.argv[0].startswith("distill ") else "distill train"
+    return hydra_cfg.runtime.choices.get("recipe"), shlex.join([*command.split(), *hydra_cfg.overrides.task])
 
 
 def tokenized_splits(cfg: DictConfig, data, tokenizer):

@@ -3,8 +3,9 @@
     python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint] [--kill-at-batch N]
         [--kill-in-second-checkpoint-write] [--cache DIR]
 Writes OUT_DIR/final.safetensors with the student's final weights. ``--kill-at-batch N`` dies in the
-forward of batch N (counted from this process's start); ``--kill-in-second-checkpoint-write`` dies with
-half the second checkpoint's weights file written; ``--cache DIR`` turns the teacher-logit cache on.
+forward of batch N (counted from this process's start); ``--kill-in-second-checkpoint-write`` dies while
+the second checkpoint is still in its temp dir (its weights file cut to half), before the rename that
+would publish it; ``--cache DIR`` turns the teacher-logit cache on.
 """
 
 import logging

@@ -126,7 +126,7 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
                      f"output={tmp_path / 'preds.csv'}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     rows = (tmp_path / "preds.csv").read_text().splitlines()
-    assert rows[0] == "text,label,p_negative,p_positive" and len(rows) == 3
+    assert rows[0] == "text,predicted_label,p_negative,p_positive" and len(rows) == 3
 
 
 def test_sweep_ends_with_a_leaderboard(tmp_path):
@@ -138,6 +138,8 @@ def test_sweep_ends_with_a_leaderboard(tmp_path):
     rows = (tmp_path / "leaderboard.csv").read_text().strip().splitlines()
     assert rows[0].startswith("run,overrides,validation,ranked_by,test_accuracy") and len(rows) == 3
     assert all(",macro_f1," in row for row in rows[1:])  # ranked by trainer.metric_for_best
+    card = (tmp_path / "1" / "student" / "README.md").read_text()  # job 1's own command, not the sweep's
+    assert "losses.logits.temperature=4" in card and "temperature=1,4" not in card
 
 
 def test_pipeline_reuses_finished_stages(tmp_path):
@@ -169,6 +171,9 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     plain = identity(mixed_precision=None, grad_accum=None)
     assert plain == identity(mixed_precision="no", grad_accum=1, log_every=5, tags=["x"], run_name="r", resume="never")
     assert plain != identity(mixed_precision="bf16", grad_accum=1) != identity(mixed_precision="no", grad_accum=2)
+    # a key added later with a None default keeps older stage dirs reusable; set, it is another stage
+    assert plain == identity(mixed_precision=None, grad_accum=None, metric_for_best=None)
+    assert plain != identity(mixed_precision=None, grad_accum=None, metric_for_best="macro_f1")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
     assert identity(mixed_precision=None, grad_accum=None) == identity(mixed_precision="bf16", grad_accum=1)
     import distill.launch
@@ -280,6 +285,9 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
     (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
+    (["pipeline", "trainer.metric_for_best=f1"], ["trainer.metric_for_best='f1' is no validation metric", "macro_f1"]),
+    (["train", "data=files", "data.train_file=x.csv", "data.task=token", "trainer.metric_for_best=accuracy"],
+     ["trainer.metric_for_best='accuracy' is not a validation metric of a token task", "entity_f1"]),
 ])
 def test_config_errors_are_one_line(capsys, args, words, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a value error is found in Hydra's run dir (outputs/runs/...), here
@@ -353,6 +361,15 @@ def test_leaderboard_ranks_by_validation_and_shows_test_beside(tmp_path):
         [("1", 0.80, 0.60), ("0", 0.70, 0.90), ("2", None, 0.99)]
 
 
+def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
+    from distill.checkpoint import changed_settings
+
+    old = {"trainer.lr": 1e-4}  # saved before trainer.metric_for_best existed
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "None"}) == []
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "macro_f1"}) == [
+        "trainer.metric_for_best=(unset) (now macro_f1)"]
+
+
 def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp_path):
     """Issue 19 #3: a changed lr was ignored (the old schedule continued), a changed width called the
     checkpoints unreadable. Now: one line naming what changed; the run's checkpoints stay as they were."""
@@ -381,9 +398,9 @@ def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
     """Issue 19: a read-only run dir, checkpoints dir, teacher cache or $DISTILL_CACHE gave PermissionError
     traces, and a read-only checkpoints dir lost the trained steps (the first save failed after them).
     Root ignores permission bits, so as root the CLI runs with CAP_DAC_OVERRIDE dropped (setpriv)."""
-    if os.geteuid() == 0 and not shutil.which("setpriv"):
-        pytest.skip("running as root, which ignores permission bits, and setpriv (util-linux) is missing")
     unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    if unprivileged and (not shutil.which("setpriv") or subprocess.run([*unprivileged, "true"]).returncode != 0):
+        pytest.skip("running as root, which ignores permission bits, and cannot drop CAP_DAC_OVERRIDE (setpriv)")
 
     def cli(*args, env=None):
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_CACHE": str(tmp_path / "cache"), **(env or {})}
@@ -395,7 +412,8 @@ def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
         folder.mkdir()
         folder.chmod(0o555)
     args = ["train", "teacher=tiny", "student=tiny", "data=tiny", f"hydra.run.dir={run}"]
-    assert cli(*args, "trainer.max_steps=4").returncode == 0
+    first = cli(*args, "trainer.max_steps=4")
+    assert first.returncode == 0, first.stderr[-3000:]
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     (run / "checkpoints").chmod(0o555)
     line = _error_line(cli(*args, "trainer.max_steps=6"))  # train longer: refused before step 5, not after it

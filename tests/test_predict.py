@@ -43,17 +43,18 @@ def test_a_student_dir_and_its_onnx_export_give_the_same_labels_on_100_rows(tmp_
     export(run, tmp_path / "export", ["onnx"], texts=texts[:20])
     source = tmp_path / "in.csv"
     with source.open("w", newline="") as f:
-        csv.writer(f).writerows([["id", "text"], *[[i, t] for i, t in enumerate(texts)]])
+        csv.writer(f).writerows([["id", "text", "label"], *[[f"{i:03d}", t, "gold"] for i, t in enumerate(texts)]])
     for model_ref, out in ((run, "torch.csv"), (tmp_path / "export" / "onnx" / "model.onnx", "onnx.csv")):
         done = _cli(f"model={model_ref}", f"input={source}", f"output={tmp_path / out}", "batch_size=16")
         assert done.returncode == 0, done.stderr[-3000:]
     by_torch, by_onnx = _read(tmp_path / "torch.csv"), _read(tmp_path / "onnx.csv")
-    assert [r["id"] for r in by_torch] == [str(i) for i in range(100)]  # the input's order and columns
-    assert [r["label"] for r in by_torch] == [r["label"] for r in by_onnx]
+    assert [r["id"] for r in by_torch] == [f"{i:03d}" for i in range(100)]  # the input's order, "007" kept as text
+    assert {r["label"] for r in by_torch} == {"gold"}  # the input's own label column is kept, not overwritten
+    assert [r["predicted_label"] for r in by_torch] == [r["predicted_label"] for r in by_onnx]
     enc = tiny_tokenizer()(texts, truncation=True, max_length=128)
     alone = _alone(model, [dict(zip(enc, v)) for v in zip(*enc.values())])
-    assert [r["label"] for r in by_torch] == [names[int(x.argmax())] for x in alone]
-    assert len({r["label"] for r in by_torch}) == 2  # the head answers both classes on these rows
+    assert [r["predicted_label"] for r in by_torch] == [names[int(x.argmax())] for x in alone]
+    assert len({r["predicted_label"] for r in by_torch}) == 2  # the head answers both classes on these rows
     probs = torch.tensor([[float(r["p_negative"]), float(r["p_positive"])] for r in by_torch])
     assert torch.allclose(probs, torch.stack([x.softmax(-1) for x in alone]), atol=2e-6)
     onnx_probs = torch.tensor([[float(r["p_negative"]), float(r["p_positive"])] for r in by_onnx])
@@ -71,7 +72,7 @@ def test_a_token_model_tags_every_word_and_marks_words_beyond_max_length(tmp_pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert "words lie beyond max_length=16 and get no tag" in done.stderr
     rows = _read(tmp_path / "tags.csv")
-    tags = [r["tags"].split(" ") for r in rows]
+    tags = [r["predicted_tags"].split(" ") for r in rows]
     assert [len(t) for t in tags] == [len(w) for w in words]
     enc = tiny_tokenizer()(words, is_split_into_words=True, truncation=True, max_length=16)
     alone = _alone(model, [dict(zip(enc, v)) for v in zip(*enc.values())])
@@ -93,6 +94,14 @@ def test_lines_on_stdin(tmp_path):
     assert [r["text"] for r in _read(tmp_path / "out.csv")] == ["the film was good", "slow plot"]
 
 
+def _masked_lm(folder: Path) -> None:
+    """A general (masked-LM) student: no classification head to predict with."""
+    from distill.models.hub import save_pretrained
+
+    folder.joinpath("f.csv").write_text("text\nok\n")
+    save_pretrained(tiny_model("mlm", labels=("a",)), folder / "mlm", tiny_tokenizer())
+
+
 @pytest.mark.parametrize("make, args, message", [
     (lambda d: d.joinpath("a.csv").write_text("review,label\ngood,1\n"), ["input={d}/a.csv"],
      "has no column 'text' (it has: review, label); set text_column=..."),
@@ -103,7 +112,12 @@ def test_lines_on_stdin(tmp_path):
     (lambda d: d.joinpath("e.csv").write_text("\n"), ["input={d}/e.csv"], "is empty"),
     (lambda d: d.joinpath("f.csv").write_text("text\nok\n"), ["input={d}/f.csv", "model={d}/nowhere"],
      "model={d}/nowhere does not exist"),
-    (lambda d: None, [], "predict needs model=DIR (or FILE.onnx) and input=FILE"),
+    (lambda d: None, [], "predict takes model=DIR (or FILE.onnx) input=FILE"),
+    (lambda d: d.joinpath("g.csv").write_text("text\nok\n"), ["input={d}/g.csv", "outptu=x.csv"],
+     "unknown key 'outptu'"),
+    (lambda d: d.joinpath("h.csv").write_text("text,predicted_label\nok,x\n"), ["input={d}/h.csv"],
+     "already has a column 'predicted_label'; rename it"),
+    (lambda d: _masked_lm(d), ["input={d}/f.csv", "model={d}/mlm"], "is a BertForMaskedLM, not a classifier"),
 ])
 def test_predict_mistakes_are_one_line(tmp_path, capsys, make, args, message):
     _, run = saved(tmp_path, "sequence")
