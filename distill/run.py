@@ -53,7 +53,9 @@ def build_models(cfg: DictConfig, data):
     teacher = None
     if cfg.get("teacher") is not None:
         log.info("Instantiating teacher <%s>", cfg.teacher._target_)
-        teacher = hydra.utils.instantiate(cfg.teacher, task=task, **labels)
+        node = OmegaConf.to_container(cfg.teacher, resolve=True)
+        node.pop("allow_untrained", None)  # read by check_teacher_head, not a loader argument
+        teacher = hydra.utils.instantiate(node, task=task, **labels)
         if cfg.data.get("mlm"):  # the head it teaches with, before a student built from it copies it
             teacher = with_masked_lm_head(cfg, teacher, data)
     log.info("Instantiating student <%s>", cfg.student._target_)
@@ -77,6 +79,17 @@ def check_compatible(teacher, student) -> None:
             raise DistillError(f"teacher {key}={t} but student {key}={s}; build the student from the teacher")
     if teacher.config.id2label != student.config.id2label:
         raise DistillError("teacher and student label names differ; fine-tune the teacher on this data first")
+
+
+def check_teacher_head(cfg: DictConfig, teacher, loss) -> None:
+    """A teacher whose checkpoint has no classifier (the packaged MiniLM) teaches noise through its logits."""
+    fresh = [k for k in getattr(teacher, "newly_initialised", []) if k.startswith("classifier")]
+    terms = loss.active().values() if hasattr(loss, "active") else [loss]
+    reads_logits = any(t.uses_teacher and "logits" in t.needs for t in terms)  # not hard labels' student logits
+    if fresh and reads_logits and not cfg.teacher.get("allow_untrained", False):
+        raise DistillError(f"the teacher's classifier was never trained (its checkpoint has no {fresh[0]}); "
+                           "fine-tune it first with `distill pipeline recipe=NAME`, or pass teacher=hf_dir "
+                           "teacher.name_or_path=<fine-tuned dir>; teacher.allow_untrained=true distils from it anyway")
 
 
 def check_classes(data) -> None:
@@ -207,6 +220,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     data = load_data(cfg, tcfg.seed)
     teacher, student = build_models(cfg, data)
     check_compatible(teacher, student)
+    if teacher is not None:
+        check_teacher_head(cfg, teacher, loss)
     # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet
     source = teacher.config.name_or_path if teacher is not None else ""
     tokenizer = load_tokenizer(source or student.config.name_or_path)

@@ -361,6 +361,19 @@ def test_leaderboard_ranks_by_validation_and_shows_test_beside(tmp_path):
         [("1", 0.80, 0.60), ("0", 0.70, 0.90), ("2", None, 0.99)]
 
 
+def test_an_untrained_teacher_head_stops_unless_allowed(tmp_path, capsys, monkeypatch):
+    """Issue 17: `distill train` distilled from the packaged MiniLM's random classifier with a warning only."""
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "recipe=mr_logits", "student=tiny", "data.limit=16", "trainer.max_steps=1"]
+    assert main([*args, f"hydra.run.dir={tmp_path / 'a'}"]) == 1
+    assert "error: the teacher's classifier was never trained (its checkpoint has no classifier.bias); fine-tune " \
+        "it first with `distill pipeline recipe=NAME`, or pass teacher=hf_dir teacher.name_or_path=<fine-tuned dir>; " \
+        "teacher.allow_untrained=true distils from it anyway" in capsys.readouterr().err
+    assert not (tmp_path / "a" / "student").exists()
+    assert main([*args, "teacher.allow_untrained=true", f"hydra.run.dir={tmp_path / 'b'}"]) == 0
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 1
+
+
 def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
     from distill.checkpoint import changed_settings
 
