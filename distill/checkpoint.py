@@ -28,7 +28,7 @@ BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_nam
                          "log_every"})
 # settings a resumed run may change: the bookkeeping, and how long it trains (a new epochs / max_steps
 # is honoured: the schedule is rebuilt for the new length), not what a step computes
-FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps"}
+FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps", "allow_untrained"}  # last: a guard only
 PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description")
 # trainer keys added after runs existed, with a None default: absent from an older checkpoint or stage key means
 # None, so those runs still resume and their stage dirs are still reused

@@ -54,6 +54,8 @@ def stage_identity(resolved: dict) -> dict:
     """What decides a stage's result: the resolved config less the bookkeeping keys (where and how it
     logs, caches, keeps checkpoints), with the launcher's precision and accumulation where the config
     leaves them to it — a stage trained under ``accelerate launch --mixed_precision bf16`` is another stage."""
+    if isinstance(resolved.get("teacher"), dict):  # a guard, not what the stage computes
+        resolved = {**resolved, "teacher": {k: v for k, v in resolved["teacher"].items() if k != "allow_untrained"}}
     trainer = resolved.get("trainer")
     if trainer is None:
         return resolved
@@ -78,7 +80,9 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     data = OmegaConf.to_container(cfg.data)  # interpolations kept: they are relative to the data node
     data.pop("transfer", None)  # the teacher learns from gold labels only
     data.pop("augment", None)
-    return OmegaConf.create({"teacher": None, "student": cfg.teacher, "data": data,
+    student = OmegaConf.to_container(cfg.teacher)  # the teacher's loader; its guard is no loader argument
+    student.pop("allow_untrained", None)
+    return OmegaConf.create({"teacher": None, "student": student, "data": data,
                              "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
 
 

@@ -174,6 +174,8 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     # a key added later with a None default keeps older stage dirs reusable; set, it is another stage
     assert plain == identity(mixed_precision=None, grad_accum=None, metric_for_best=None)
     assert plain != identity(mixed_precision=None, grad_accum=None, metric_for_best="macro_f1")
+    teacher = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": "t"}
+    assert stage_identity({"teacher": {**teacher, "allow_untrained": False}}) == {"teacher": teacher}
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16
     assert identity(mixed_precision=None, grad_accum=None) == identity(mixed_precision="bf16", grad_accum=1)
     import distill.launch
@@ -379,6 +381,7 @@ def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
 
     old = {"trainer.lr": 1e-4}  # saved before trainer.metric_for_best existed
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "None"}) == []
+    assert changed_settings(old, {"trainer.lr": 1e-4, "teacher.allow_untrained": False}) == []  # a guard only
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "macro_f1"}) == [
         "trainer.metric_for_best=(unset) (now macro_f1)"]
 
