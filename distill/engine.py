@@ -194,7 +194,8 @@ class TeacherTargets:
                 return ModelOutputs(logits=hit.to(self.accelerator.device), attention_mask=batch["attention_mask"])
         state.teacher_calls += 1
         with torch.no_grad(), self.accelerator.autocast():
-            out = self.teacher(**{k: batch[k] for k in MLM_INPUTS if k in batch}, **self.flags)
+            keys = getattr(self.teacher, "input_keys", MLM_INPUTS)  # a teacher with its own tokenizer: its ids
+            out = self.teacher(**{k: batch[k] for k in keys if k in batch}, **self.flags)
         if self.cache is None:
             return out
         self.cache.put(batch["idx"], out.logits)

@@ -25,7 +25,7 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.outputs import IGNORE_INDEX, MODEL_INPUTS
+from distill.outputs import IGNORE_INDEX, MODEL_INPUTS, TEACHER_INPUTS
 
 Forward = Callable[[dict[str, Tensor]], Tensor]
 MLM_INPUTS = (*MODEL_INPUTS, "mlm_positions")  # masked-LM batches: only the masked positions are decoded
@@ -100,9 +100,11 @@ def torch_forward(model: torch.nn.Module) -> Forward:
     """Our BERT (or anything returning ``.logits``) in eval mode, no grad."""
     model.eval()
 
+    keys = getattr(model, "input_keys", MODEL_INPUTS)  # a teacher with its own tokenizer reads its own ids
+
     @torch.inference_mode()
     def forward(batch: dict[str, Tensor]) -> Tensor:
-        out = model(**{k: batch[k] for k in MODEL_INPUTS if k in batch})
+        out = model(**{k: batch[k] for k in keys if k in batch})
         return getattr(out, "logits", out)
 
     return forward
@@ -128,17 +130,17 @@ def pad_rows(rows: Sequence[dict]) -> dict[str, Tensor]:
     """Tokenized rows (lists of ids) → a right-padded batch; ids/masks pad with 0, labels with -100.
 
     Not data.Collator (a layer above): padded ids sit under attention_mask 0, so their value never
-    reaches an unpadded position's output — these batches only compare models on the same rows."""
-    T = max(len(r["input_ids"]) for r in rows)
+    reaches an unpadded position's output — these batches only compare models on the same rows.
+    A teacher's own encoding (``teacher_*``) pads to its own length; its word index with -1."""
     batch = {}
-    for key in (*MODEL_INPUTS, "labels"):
+    for key in (*MODEL_INPUTS, "labels", *TEACHER_INPUTS):
         if key not in rows[0]:
             continue
         if key == "labels" and not isinstance(rows[0][key], (list, tuple, np.ndarray, Tensor)):
             batch[key] = torch.tensor([int(r[key]) for r in rows])  # (B,) sequence labels
             continue
-        fill = IGNORE_INDEX if key == "labels" else 0
-        out = torch.full((len(rows), T), fill, dtype=torch.long)  # (B, T)
+        fill = {"labels": IGNORE_INDEX, "teacher_word_index": -1}.get(key, 0)
+        out = torch.full((len(rows), max(len(r[key]) for r in rows)), fill, dtype=torch.long)  # (B, T)
         for i, r in enumerate(rows):
             out[i, : len(r[key])] = torch.as_tensor(list(r[key]), dtype=torch.long)
         batch[key] = out

@@ -9,6 +9,8 @@ from torch import Tensor
 IGNORE_INDEX = -100  # the label every loss and metric skips: padding, non-first sub-words, unmasked tokens,
 # rows the teacher labels (torch's cross-entropy default)
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")  # what every model (and ONNX graph) takes
+# a teacher with its own tokenizer (distill.models.foreign): its encoding of the same rows
+TEACHER_INPUTS = ("teacher_input_ids", "teacher_attention_mask", "teacher_token_type_ids", "teacher_word_index")
 
 
 @dataclass(frozen=True)

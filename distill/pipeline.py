@@ -25,6 +25,7 @@ from distill.schema import TrainerConfig
 log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
 CONTROL = "student (augmented, gold labels, no KD)"
+FOREIGN = "distill.models.foreign.from_pretrained"  # a teacher with its own tokenizer: distilled as it is
 
 
 def _load(relative: str) -> DictConfig:
@@ -76,6 +77,10 @@ def default_trainer() -> DictConfig:
 
 def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     """Fine-tuning the teacher: the teacher node becomes the trained model, gold labels only."""
+    if cfg.teacher.get("_target_") == FOREIGN:
+        raise DistillError("distill pipeline fine-tunes a BERT teacher; a teacher of another architecture is "
+                           "distilled as it is: fine-tune it with transformers, then run `distill train "
+                           "teacher=hf_any teacher.name_or_path=DIR`")
     trainer = OmegaConf.merge(default_trainer(), cfg.get("finetune") or {})
     data = OmegaConf.to_container(cfg.data)  # interpolations kept: they are relative to the data node
     data.pop("transfer", None)  # the teacher learns from gold labels only

@@ -28,6 +28,7 @@ from distill.errors import DistillError
 from distill.evaluate import bootstrap, predict, torch_forward
 from distill.evaluate import metrics as task_metrics
 from distill.model_card import write_student_card
+from distill.models.foreign import is_foreign, teacher_tokenizer
 from distill.models.hub import load_tokenizer, save_pretrained
 from distill.models.student import count_parameters
 
@@ -73,12 +74,22 @@ def check_compatible(teacher, student) -> None:
     """Vocab and labels must agree for the logits (and embeddings) to mean the same thing."""
     if teacher is None:
         return
-    for key in ("vocab_size", "num_labels"):
+    for key in ("num_labels",) if is_foreign(teacher) else ("vocab_size", "num_labels"):  # its own vocab
         t, s = getattr(teacher.config, key), getattr(student.config, key)
         if t != s:
             raise DistillError(f"teacher {key}={t} but student {key}={s}; build the student from the teacher")
     if teacher.config.id2label != student.config.id2label:
         raise DistillError("teacher and student label names differ; fine-tune the teacher on this data first")
+
+
+def check_foreign_teacher(teacher, loss) -> None:
+    """A teacher with its own tokenizer gives logits in the student's layout, nothing layer-wise."""
+    terms = loss.active().values() if hasattr(loss, "active") else [loss]
+    layered = sorted({n for t in terms if t.uses_teacher for n in t.needs} - {"logits"})
+    if is_foreign(teacher) and layered:
+        raise DistillError(f"a loss term reads the teacher's {layered[0]}, but this teacher is a "
+                           f"{teacher.config.model_type} with its own tokenizer: only its logits map onto the student; "
+                           "use losses=logits, or a BERT teacher of the student's vocabulary (teacher=hf_dir)")
 
 
 def check_teacher_head(cfg: DictConfig, teacher, loss) -> None:
@@ -222,12 +233,13 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     check_compatible(teacher, student)
     if teacher is not None:
         check_teacher_head(cfg, teacher, loss)
+        check_foreign_teacher(teacher, loss)
     # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet
-    source = teacher.config.name_or_path if teacher is not None else ""
+    source = teacher.config.name_or_path if teacher is not None and not is_foreign(teacher) else ""
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
         data = augmented(cfg.data.augment, data, tokenizer)
-    tokenized = tokenized_splits(cfg, data, tokenizer)
+    tokenized = tokenized_splits(cfg, data, tokenizer, teacher)
     log.info(summarize(data, tokenized))
     loss.setup(student.config, teacher.config if teacher is not None else None)
     if teacher is not None and loss.uses_teacher:
@@ -266,13 +278,15 @@ def _recipe_and_command() -> tuple[str | None, str]:
     return hydra_cfg.runtime.choices.get("recipe"), shlex.join([*command.split(), *hydra_cfg.overrides.task])
 
 
-def tokenized_splits(cfg: DictConfig, data, tokenizer):
-    """Token ids of every split: sentence pairs for next-sentence prediction, else ``tokenize``'s rows."""
+def tokenized_splits(cfg: DictConfig, data, tokenizer, teacher=None):
+    """Token ids of every split: sentence pairs for next-sentence prediction, else ``tokenize``'s rows
+    (with the teacher's own encoding beside when it has its own tokenizer)."""
     if cfg.data.get("mlm") and cfg.data.mlm.get("nsp"):
         from distill.data.pairs import sentence_pairs
 
         return sentence_pairs(data, tokenizer, cfg.data.max_length)
-    return tokenize(data, tokenizer, cfg.data.max_length)
+    own = teacher_tokenizer(teacher, data.task) if is_foreign(teacher) else None
+    return tokenize(data, tokenizer, cfg.data.max_length, teacher_tokenizer=own)
 
 
 def final_metrics(cfg: DictConfig, data, tokenized, teacher, eval_loader):

@@ -286,7 +286,8 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "+trainer.lr=1"], ["Could not append to config"]),
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
-    (["train", "teacher=null"], ["teacher=null: a config group takes one of hf_dir, minilm_l6, tiny", "~teacher"]),
+    (["train", "teacher=null"],
+     ["teacher=null: a config group takes one of hf_any, hf_dir, minilm_l6, tiny", "~teacher"]),
     (["pipeline", "trainer.metric_for_best=f1"], ["trainer.metric_for_best='f1' is no validation metric", "macro_f1"]),
     (["train", "data=files", "data.train_file=x.csv", "data.task=token", "trainer.metric_for_best=accuracy"],
      ["trainer.metric_for_best='accuracy' is not a validation metric of a token task", "entity_f1"]),

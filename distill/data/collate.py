@@ -4,7 +4,9 @@ A batch is ``{"input_ids", "attention_mask", "token_type_ids", "labels"?, "idx"}
 tensors: ids/masks (B, T) with T the longest row in the batch (rounded up to
 ``pad_to_multiple_of``); labels (B,) for sequence tasks or (B, T) padded with -100 for token
 tasks; idx (B,), the row within its split (keys the teacher-output cache); gold (B,), augmented
-splits only: 0 on rows the teacher labels (the hard-label loss skips them). Any other column
+splits only: 0 on rows the teacher labels (the hard-label loss skips them); teacher_* (a teacher with its
+own tokenizer): its ids and mask (B, T_t) padded to their own longest row, teacher_word_index (B, T)
+padded with -1. Any other column
 (``word_ids``, ``truncated``, text) is dropped, so ``model(**batch)``-style calls stay clean.
 
 Hand-written: transformers' DataCollatorWithPadding / ForTokenClassification need a tokenizer object and
@@ -21,10 +23,12 @@ from torch.utils.data import DataLoader
 from distill.data.samplers import LengthGroupedBatchSampler, SeededShuffle
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
-from distill.outputs import IGNORE_INDEX, MODEL_INPUTS
+from distill.outputs import IGNORE_INDEX, MODEL_INPUTS, TEACHER_INPUTS
 
-PADDED = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0}  # None: the tokenizer's pad id
-KEYS = (*MODEL_INPUTS, "labels", "idx", "gold")
+PADDED = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0,  # None: the tokenizer's pad id
+          # a teacher with its own tokenizer: its padded ids sit under mask 0 (it swaps in its own pad id)
+          "teacher_input_ids": 0, "teacher_attention_mask": 0, "teacher_token_type_ids": 0, "teacher_word_index": -1}
+KEYS = (*MODEL_INPUTS, "labels", "idx", "gold", *TEACHER_INPUTS)
 
 
 class Collator:
@@ -41,9 +45,6 @@ class Collator:
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         if not rows:
             raise DistillError("Collator got an empty batch; check the dataset is not empty")
-        longest = max(len(r["input_ids"]) for r in rows)
-        if self.pad_to_multiple_of:
-            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         batch = {}
         for key in self.keys:
             if key not in rows[0]:
@@ -51,13 +52,19 @@ class Collator:
             values = [r[key] for r in rows]
             if key in PADDED or (key == "labels" and isinstance(values[0], list)):
                 fill = self.pad_token_id if key == "input_ids" else PADDED.get(key, IGNORE_INDEX)
-                out = torch.full((len(rows), longest), fill, dtype=torch.long)  # (B, T)
+                out = torch.full((len(rows), self._longest(values)), fill, dtype=torch.long)  # (B, T)
                 for i, v in enumerate(values):
                     out[i, :len(v)] = torch.as_tensor(v, dtype=torch.long)
                 batch[key] = out
             else:
                 batch[key] = torch.as_tensor(values, dtype=torch.long)  # (B,)
         return batch
+
+    def _longest(self, values: list) -> int:
+        longest = max(len(v) for v in values)  # the teacher's ids have their own length
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return longest
 
 
 def make_dataloader(dataset, collator: Collator, batch_size: int, shuffle: bool, seed: int = 0,

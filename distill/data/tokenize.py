@@ -11,7 +11,10 @@ Output columns (all ints, one row per example; raw text: one row per chunk):
     input_ids (T,), attention_mask (T,), token_type_ids (T,), idx (row within split), truncated,
     labels: int (sequence) | (T,) with -100 on specials and non-first sub-tokens (token) | absent (raw),
     word_ids (T,), -1 for specials (token tasks only),
-    gold: 1 = a human label, 0 = a teacher-labelled augmented row (only where the split has ``gold``).
+    gold: 1 = a human label, 0 = a teacher-labelled augmented row (only where the split has ``gold``),
+    teacher_input_ids, teacher_attention_mask (T_t,) (+ teacher_token_type_ids where its tokenizer makes
+    them; token tasks: teacher_word_index (T,)): only with ``teacher_tokenizer``, a teacher of another
+    vocabulary (see ``distill.models.foreign``).
 """
 
 from __future__ import annotations
@@ -52,13 +55,34 @@ def _truncated(encoding) -> list[bool]:
     return [bool(e.overflowing) for e in encoding.encodings]
 
 
-def _encode_sequence(batch: dict, indices: list[int], tokenizer, max_length: int) -> dict:
+def _encode_sequence(batch: dict, indices: list[int], tokenizer, max_length: int, teacher_tokenizer=None) -> dict:
     """Texts (and pairs) → ids; the longer side of a pair is cut first."""
     pair = batch.get("text_pair")
     enc = tokenizer(batch["text"], pair, truncation=True, max_length=max_length, return_token_type_ids=True)
-    return _with_gold(batch, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                              "token_type_ids": enc["token_type_ids"], "labels": batch["label"], "idx": indices,
-                              "truncated": _truncated(enc)})
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+           "token_type_ids": enc["token_type_ids"], "labels": batch["label"], "idx": indices,
+           "truncated": _truncated(enc)}
+    if teacher_tokenizer is not None:
+        out.update(_teacher_columns(teacher_tokenizer(batch["text"], pair, truncation=True, max_length=max_length),
+                                    teacher_tokenizer))
+    return _with_gold(batch, out)
+
+
+def _teacher_columns(enc, teacher_tokenizer) -> dict:
+    out = {"teacher_input_ids": enc["input_ids"], "teacher_attention_mask": enc["attention_mask"]}
+    if "token_type_ids" in teacher_tokenizer.model_input_names:
+        out["teacher_token_type_ids"] = enc["token_type_ids"]
+    return out
+
+
+def teacher_word_index(student_words: list[int | None], teacher_words: list[int | None]) -> list[int]:
+    """For each student position, the teacher position of its word's first sub-token (-1: a special
+    token, or a word the teacher's truncation cut off)."""
+    first: dict[int, int] = {}
+    for position, word in enumerate(teacher_words):
+        if word is not None:
+            first.setdefault(word, position)
+    return [-1 if word is None else first.get(word, -1) for word in student_words]
 
 
 def _with_gold(batch: dict, out: dict) -> dict:
@@ -84,7 +108,7 @@ def _vanished(words: list[str], word_ids: list[int | None], truncated: bool) -> 
     return [i for i in range(last + 1) if i not in seen]
 
 
-def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int) -> dict:
+def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int, teacher_tokenizer=None) -> dict:
     """Word lists → sub-token ids, labels aligned to first sub-tokens, word ids kept (-1: special).
     A word that tokenizes to nothing is read as the tokenizer's unknown token, so it keeps its tag."""
     words = batch["tokens"]
@@ -101,11 +125,16 @@ def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int) -
         enc = tokenizer(words, is_split_into_words=True, truncation=True, max_length=max_length,
                         return_token_type_ids=True)
     word_ids = [enc.word_ids(i) for i in range(len(batch["tokens"]))]
-    return _with_gold(batch, {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                              "token_type_ids": enc["token_type_ids"],
-                              "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
-                              "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
-                              "idx": indices, "truncated": _truncated(enc)})
+    out = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+           "token_type_ids": enc["token_type_ids"],
+           "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
+           "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
+           "idx": indices, "truncated": _truncated(enc)}
+    if teacher_tokenizer is not None:  # the teacher reads the words as given (its own unknown-word handling)
+        t = teacher_tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        out.update(_teacher_columns(t, teacher_tokenizer))
+        out["teacher_word_index"] = [teacher_word_index(w, t.word_ids(i)) for i, w in enumerate(word_ids)]
+    return _with_gold(batch, out)
 
 
 def _encode_raw(batch: dict, tokenizer, max_length: int) -> dict:
@@ -120,9 +149,15 @@ def _add_idx(batch: dict, indices: list[int]) -> dict:
     return {"idx": indices}
 
 
-def _features(task: str, gold: bool = False) -> datasets.Features:
+def _features(task: str, gold: bool = False, teacher_tokenizer=None) -> datasets.Features:
     """Column types of the map output (ids as int32 on disk; the collator makes int64 tensors)."""
     feats = {"input_ids": IDS, "attention_mask": MASK, "token_type_ids": MASK}
+    if teacher_tokenizer is not None:
+        feats.update(teacher_input_ids=IDS, teacher_attention_mask=MASK)
+        if "token_type_ids" in teacher_tokenizer.model_input_names:
+            feats["teacher_token_type_ids"] = MASK
+        if task == "token":
+            feats["teacher_word_index"] = IDS
     if gold:
         feats["gold"] = datasets.Value("int8")
     if task == "sequence":
@@ -136,14 +171,19 @@ def _features(task: str, gold: bool = False) -> datasets.Features:
     return datasets.Features(feats)
 
 
-def tokenize(data: TaskData, tokenizer, max_length: int = 128) -> datasets.DatasetDict:
-    """``TaskData`` → tokenized ``DatasetDict`` (columns in the module docstring); cached on disk."""
+def tokenize(data: TaskData, tokenizer, max_length: int = 128, teacher_tokenizer=None) -> datasets.DatasetDict:
+    """``TaskData`` → tokenized ``DatasetDict`` (columns in the module docstring); cached on disk.
+    ``teacher_tokenizer``: a teacher of another vocabulary also gets its own encoding of every row."""
     if not isinstance(max_length, int) or max_length < 4:
         raise DistillError(f"max_length={max_length!r} must be an integer of at least 4 tokens")
     limit = getattr(tokenizer, "model_max_length", None) or 0
     if 0 < limit < 10**6 and max_length > limit:
         raise DistillError(f"max_length={max_length} exceeds the tokenizer's model_max_length {limit}; lower it")
     key = tokenizer_key(tokenizer)
+    if teacher_tokenizer is not None:
+        if data.task not in ("sequence", "token"):
+            raise DistillError(f"a teacher with its own tokenizer distils sequence or token tasks, not {data.task}")
+        key += "|teacher " + tokenizer_key(teacher_tokenizer)
     out = {}
     for split, ds in data.splits.items():
         fingerprint = hashlib.sha256(
@@ -158,10 +198,11 @@ def tokenize(data: TaskData, tokenizer, max_length: int = 128) -> datasets.Datas
                                     desc=f"indexing {data.name} {split}")
         else:
             encode = _encode_token if data.task == "token" else _encode_sequence
-            out[split] = ds.map(functools.partial(encode, tokenizer=tokenizer, max_length=max_length),
+            out[split] = ds.map(functools.partial(encode, tokenizer=tokenizer, max_length=max_length,
+                                                  teacher_tokenizer=teacher_tokenizer),
                                 batched=True, with_indices=True, remove_columns=ds.column_names,
                                 new_fingerprint=fingerprint,
-                                features=_features(data.task, "gold" in ds.column_names),
+                                features=_features(data.task, "gold" in ds.column_names, teacher_tokenizer),
                                 desc=desc)
         log.debug("%s %s: %s", data.name, split, "loaded from the datasets cache" if cached else "tokenized")
     return datasets.DatasetDict(out)

@@ -26,7 +26,8 @@ from distill.models.heads import TASK_CLASSES
 log = logging.getLogger(__name__)
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-HUB_PATTERNS = ["config.json", "*.safetensors", "*.json", "vocab.txt", "pytorch_model.bin"]
+# *.txt: vocab.txt, merges.txt; *.model: sentencepiece
+HUB_PATTERNS = ["config.json", "*.safetensors", "*.json", "*.txt", "*.model", "pytorch_model.bin"]
 # buffers or tied copies some checkpoints carry; our model derives them
 DROPPED_KEYS = ("position_ids", "token_type_ids", "cls.predictions.decoder.bias")
 
@@ -146,20 +147,27 @@ def load_weights(model: BertPreTrainedModel, sd: dict[str, torch.Tensor], source
         log.info("%s: ignored %d checkpoint tensors (e.g. %s)", source, len(unexpected), unexpected[0])
 
 
+def label_order(own: dict, wanted: dict[int, str]) -> list[int] | None:
+    """Where each of the data's labels sits in a model's head, when the head names the same labels
+    (any case) in another order; None for the same order or other names (generic LABEL_i, another set)."""
+    own_names = [str(own.get(i, own.get(str(i), ""))).lower() for i in range(len(own))]
+    wanted_names = [wanted[i].lower() for i in range(len(wanted))]
+    if own_names == wanted_names or sorted(own_names) != sorted(wanted_names):
+        return None
+    index = {n: i for i, n in enumerate(own_names)}
+    return [index[n] for n in wanted_names]
+
+
 def _heads_by_name(sd: dict[str, torch.Tensor], own: dict, wanted: dict[int, str], source: str) -> dict:
     """A checkpoint whose head names the data's labels in another order gets its classifier rows
     permuted to the data's order, so output i means label i (writing the data's names over the
     checkpoint's would silently swap them)."""
-    own_names = [str(own.get(i, own.get(str(i), ""))) for i in range(len(own))]
-    wanted_names = [wanted[i] for i in range(len(wanted))]
-    if not any(k.startswith("classifier.") for k in sd) or [n.lower() for n in own_names] == \
-            [n.lower() for n in wanted_names] or sorted(n.lower() for n in own_names) != sorted(
-            n.lower() for n in wanted_names):
+    order = label_order(own, wanted)
+    if order is None or not any(k.startswith("classifier.") for k in sd):
         return sd  # no head, the same order, or other names (a head for another label set is refused on load)
-    index = {n.lower(): i for i, n in enumerate(own_names)}
-    order = torch.tensor([index[n.lower()] for n in wanted_names])
-    log.info("%s: its head orders the labels %s; rows reordered to the data's %s", source, own_names, wanted_names)
-    return {k: v[order] if k.startswith("classifier.") else v for k, v in sd.items()}
+    log.info("%s: its head orders the labels %s; rows reordered to the data's %s", source,
+             [own.get(i, own.get(str(i))) for i in range(len(own))], [wanted[i] for i in range(len(wanted))])
+    return {k: v[torch.tensor(order)] if k.startswith("classifier.") else v for k, v in sd.items()}
 
 
 def from_pretrained(

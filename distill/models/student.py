@@ -16,8 +16,9 @@ from transformers import BertConfig
 
 from distill.errors import DistillError
 from distill.models.bert import BertModel, BertPreTrainedModel
+from distill.models.foreign import is_foreign
 from distill.models.heads import TASK_CLASSES
-from distill.models.hub import from_pretrained, minilm_l6_path
+from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,27 @@ def _encoder(model: BertPreTrainedModel) -> BertModel:
 
 
 def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
-    """The teacher's config with ``changes`` applied (vocab, labels, positions carried over)."""
-    config = copy.deepcopy(teacher.config)
+    """The teacher's config with ``changes`` applied (vocab, labels, positions carried over); a teacher of
+    another architecture gives only its labels, the vocabulary is its ``student_tokenizer``'s."""
+    config = _own_vocab_config(teacher) if is_foreign(teacher) else copy.deepcopy(teacher.config)
     for key, value in changes.items():
         if value is not None:
             setattr(config, key, value)
-    config.name_or_path = ""
+    config.name_or_path = getattr(teacher, "student_tokenizer", "")  # "": the teacher's tokenizer
     return config
+
+
+def _own_vocab_config(teacher) -> BertConfig:
+    tokenizer = load_tokenizer(teacher.student_tokenizer)
+    labels = {int(i): n for i, n in teacher.config.id2label.items()}
+    return BertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id or 0, id2label=labels,
+                      label2id={n: i for i, n in labels.items()})
+
+
+def _same_vocab(teacher, what: str, fix: str) -> None:
+    if is_foreign(teacher):
+        raise DistillError(f"{what} copies from a BERT teacher of the student's vocabulary, but this teacher is a "
+                           f"{teacher.config.model_type} with its own tokenizer; {fix}")
 
 
 def student_from_config(
@@ -66,8 +81,11 @@ def student_from_config(
         attention_probs_dropout_prob=attention_probs_dropout_prob,
         hidden_dropout_prob=hidden_dropout_prob,
     )
-    student = type(teacher)(config)
+    student = TASK_CLASSES[teacher.task](config) if is_foreign(teacher) else type(teacher)(config)
     student.init_weights()
+    if init_embeddings or project_embeddings:
+        name = "init_embeddings" if init_embeddings else "project_embeddings"
+        _same_vocab(teacher, f"student.{name}", f"set student.{name}=false")
     if init_embeddings and project_embeddings:
         raise DistillError("set one of init_embeddings (copy, equal widths) and project_embeddings (PCA), not both")
     if init_embeddings:
@@ -124,6 +142,7 @@ def student_from_teacher(
     ``layers=[0, 5]`` of a 6-layer teacher gives a 2-layer student whose layer 1 is teacher layer 0
     and layer 2 is teacher layer 5.
     """
+    _same_vocab(teacher, "student=from_teacher", "pick a student of its own, e.g. student=bert_l4_h128")
     n_t = teacher.config.num_hidden_layers
     layers = [int(i) for i in layers]
     bad = [i for i in layers if not 0 <= i < n_t]
@@ -173,7 +192,9 @@ def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
     """Total parameters and those outside the embeddings (tied weights counted once)."""
     params = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in params.values())
-    emb = sum(p.numel() for p in _encoder(model).embeddings.parameters())
+    foreign = is_foreign(model)
+    embeddings = getattr(model.model.base_model, "embeddings", None) if foreign else _encoder(model).embeddings
+    emb = sum(p.numel() for p in embeddings.parameters()) if embeddings is not None else 0
     return {"total": total, "non_embedding": total - emb}
 
 
