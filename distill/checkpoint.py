@@ -29,7 +29,8 @@ BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_nam
 # settings a resumed run may change: the bookkeeping, and how long it trains (a new epochs / max_steps
 # is honoured: the schedule is rebuilt for the new length), not what a step computes
 FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps", "allow_untrained"}  # last: a guard only
-PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description")
+PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description",
+                 "auto.", "target.")
 # trainer keys added after runs existed, with a None default: absent from an older checkpoint or stage key means
 # None, so those runs still resume and their stage dirs are still reused
 ADDED_AS_NONE = frozenset({"metric_for_best"})

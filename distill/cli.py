@@ -71,6 +71,9 @@ def _hydra_app(task, overrides: list[str]) -> None:
         try:
             try:
                 check_values(cfg)
+                if task is _train and cfg.get("auto") is not None:
+                    raise DistillError("recipe=auto trains several students and ships one: run it with "
+                                       "`distill pipeline recipe=auto ...`")
             except DistillError:
                 _drop_unused(run_dir)  # a config mistake: no run happened, so no run dir stays behind
                 raise
@@ -146,10 +149,13 @@ def _train(cfg, out_dir):
 
 
 def _pipeline(cfg, out_dir):
-    from distill.pipeline import run_pipeline
     from distill.report import table as markdown_table
 
-    result = run_pipeline(cfg, out_dir)
+    if cfg.get("auto") is not None:  # recipe=auto: several students, one shipped
+        from distill.auto import run_auto as run
+    else:
+        from distill.pipeline import run_pipeline as run
+    result = run(cfg, out_dir)
     if not result:  # not rank 0 of a multi-process launch: rank 0 reports
         return
     print(markdown_table(result["report"]))
@@ -157,6 +163,8 @@ def _pipeline(cfg, out_dir):
         from distill.export import summary_line
 
         print(summary_line(line))
+    if "auto" in result:
+        print(("shipped: " if result["auto"]["target_met"] else "TARGET NOT MET: ") + result["auto"]["why"])
     print(f"run dir: {out_dir}")
 
 
@@ -220,9 +228,12 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
                            "pass teacher=DIR students=[DIR,...] data=NAME (compare) or model=DIR (export)")
     stages = json.loads((run / "pipeline.json").read_text())
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
-    models = {"teacher": stages["teacher"], "student (KD)": str(Path(stages["distill"]) / "student"),
-              "student (no KD)": str(Path(stages["baseline"]) / "student")}
-    return models, "student (no KD)", cfg
+    models = {"teacher": stages["teacher"], "student (KD)": str(Path(stages["distill"]) / "student")}
+    if "baseline" in stages:  # recipe=auto's run dir: the shipped student, no baseline
+        models["student (no KD)"] = str(Path(stages["baseline"]) / "student")
+    if "max_length" in stages:  # recipe=auto sized it from the data: the recipe's value was not used
+        cfg.data.max_length = stages["max_length"]
+    return models, "student (no KD)" if "baseline" in stages else None, cfg
 
 
 def compare_cmd(args: list[str]) -> None:

@@ -166,6 +166,14 @@ def trainer_config(node: DictConfig) -> schema.TrainerConfig:
     return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema.TrainerConfig), values))
 
 
+def target_config(node: DictConfig) -> schema.TargetConfig:
+    """recipe=auto's ``target`` node → TargetConfig, typed and checked."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema.TargetConfig), node))
+    except OmegaConfBaseException as e:
+        raise DistillError(f"target: {e.msg}") from None
+
+
 def check_values(cfg: DictConfig) -> None:
     """Missing required values (``???``) and impossible trainer settings (types were checked while
     composing), before any work starts."""
@@ -176,6 +184,8 @@ def check_values(cfg: DictConfig) -> None:
         trainer = trainer_config(cfg.trainer)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise DistillError(f"trainer.{getattr(e, 'key', '')}: {str(e).splitlines()[0]}") from None
+    if cfg.get("target") is not None:  # recipe=auto's constraint: checked before any stage trains
+        target_config(cfg.target)
     if trainer.metric_for_best is not None:  # a typo stops here, not after a pipeline's teacher stage
         source = OmegaConf.select(cfg, "data.source", default=None)
         task = source.get("task") if isinstance(source, DictConfig) else None  # data=files says; named sources not

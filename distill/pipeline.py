@@ -91,7 +91,7 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
                              "losses": _load("losses/hard_only.yaml"), "trainer": trainer})
 
 
-def train_stages(cfg: DictConfig) -> dict[str, Path]:
+def train_stages(cfg: DictConfig, baselines: bool = True) -> dict[str, Path]:
     """Teacher fine-tuning, the optional intermediate stage, distillation and the no-KD baseline (each
     reused when already done); returns their dirs by stage name."""
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
@@ -107,6 +107,8 @@ def train_stages(cfg: DictConfig) -> dict[str, Path]:
         kd_cfg.student = {"_target_": "distill.models.student.student_from_pretrained",
                           "name_or_path": str(dirs["intermediate"] / "student")}
     dirs["distill"] = stage("distill", kd_cfg, root)
+    if not baselines:  # recipe=auto ships a student; its no-KD twins are optional
+        return dirs
     baseline = {k: v for k, v in OmegaConf.to_container(cfg.get("baseline") or {}).items() if v is not None}
     augmenting = cfg.data.get("augment") is not None
     if augmenting and not {"epochs", "max_steps"} & set(baseline):

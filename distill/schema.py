@@ -81,3 +81,21 @@ class TrainerConfig:
 
 
 ConfigStore.instance().store(group="trainer", name="schema", node=TrainerConfig)
+
+
+@dataclass
+class TargetConfig:
+    """recipe=auto's ``target`` node: what the shipped student must meet (any subset; none: the most accurate)."""
+
+    max_latency_ms: float | None = None  # p50 at batch 1 on this CPU
+    max_params: float | None = None  # before vocabulary trimming (7e5 or 700000)
+    min_retention: float | None = None  # share of the teacher's test metric, e.g. 0.99
+
+    def __post_init__(self) -> None:
+        for name in ("max_latency_ms", "max_params", "min_retention"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise DistillError(f"target.{name}={value!r} must be a positive number (or null)")
+        if self.min_retention is not None and self.min_retention > 1.5:
+            raise DistillError(f"target.min_retention={self.min_retention} is a share of the teacher's metric: "
+                             "e.g. 0.99 for 99%")

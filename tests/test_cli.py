@@ -288,6 +288,9 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
     (["train", "teacher=null"],
      ["teacher=null: a config group takes one of hf_any, hf_dir, minilm_l6, tiny", "~teacher"]),
+    (["train", "recipe=auto"], ["recipe=auto trains several students", "distill pipeline recipe=auto"]),
+    (["pipeline", "recipe=auto", "target.min_retention=99"], ["target.min_retention=99", "e.g. 0.99"]),
+    (["pipeline", "recipe=auto", "target.max_latency_ms=-1"], ["target.max_latency_ms=-1.0 must be a positive number"]),
     (["pipeline", "trainer.metric_for_best=f1"], ["trainer.metric_for_best='f1' is no validation metric", "macro_f1"]),
     (["train", "data=files", "data.train_file=x.csv", "data.task=token", "trainer.metric_for_best=accuracy"],
      ["trainer.metric_for_best='accuracy' is not a validation metric of a token task", "entity_f1"]),

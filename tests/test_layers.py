@@ -16,7 +16,8 @@ RANK = {  # a module may import only modules of a lower rank (or its own package
     **dict.fromkeys(["config_check", "compare", "export", "predict"], 5),
     "run": 6,
     **dict.fromkeys(["pipeline", "check"], 7),
-    **dict.fromkeys(["cli", "leaderboard", "conf", "recipes", "__init__"], 8),
+    "auto": 8,  # runs the pipeline's stages for several students
+    **dict.fromkeys(["cli", "leaderboard", "conf", "recipes", "__init__"], 9),
 }
 TRAINING = {"engine", "run", "checkpoint", "teacher_cache", "pipeline", "config_check"}
 BESIDE = {"compare", "predict", "report", "plots", "preflight", "export", "export_formats", "model_card", "vocab_trim"}
