@@ -228,3 +228,14 @@ def test_the_readme_line_runs_as_written_on_a_csv(teachers, tmp_path):
     config = json.loads((tmp_path / "run" / "student" / "config.json").read_text())
     assert (config["vocab_size"], config["num_hidden_layers"], config["hidden_size"]) == (30522, 4, 128)
     assert config["model_type"] == "bert" and config["id2label"] == {"0": "negative", "1": "positive"}
+
+
+def test_words_the_teacher_lost_are_not_distilled_toward_a_uniform_target():
+    from distill.losses.masking import logit_rows
+    from distill.outputs import ModelOutputs
+
+    s, t = torch.randn(1, 4, 3), torch.randn(1, 4, 3)
+    batch = {"attention_mask": torch.ones(1, 4, dtype=torch.long), "labels": torch.tensor([[-100, 1, 2, -100]]),
+             "teacher_word_index": torch.tensor([[-1, 1, -1, -1]])}  # word 2: past the teacher's max_length
+    rows_s, rows_t = logit_rows(ModelOutputs(logits=s, attention_mask=batch["attention_mask"]), s, t, batch)
+    assert torch.equal(rows_s, s[0, [1]]) and torch.equal(rows_t, t[0, [1]])

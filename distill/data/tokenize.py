@@ -130,11 +130,29 @@ def _encode_token(batch: dict, indices: list[int], tokenizer, max_length: int, t
            "labels": [align_tags(w, tags) for w, tags in zip(word_ids, batch["tags"])],
            "word_ids": [[-1 if i is None else i for i in w] for w in word_ids],
            "idx": indices, "truncated": _truncated(enc)}
-    if teacher_tokenizer is not None:  # the teacher reads the words as given (its own unknown-word handling)
-        t = teacher_tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
-        out.update(_teacher_columns(t, teacher_tokenizer))
-        out["teacher_word_index"] = [teacher_word_index(w, t.word_ids(i)) for i, w in enumerate(word_ids)]
+    if teacher_tokenizer is not None:
+        out.update(_teacher_token_columns(batch["tokens"], word_ids, out["labels"], teacher_tokenizer, max_length))
     return _with_gold(batch, out)
+
+
+def _teacher_token_columns(words: list[list[str]], word_ids: list, labels: list, teacher_tokenizer,
+                           max_length: int) -> dict:
+    """The teacher's own encoding of the words (a word its tokenizer drops is read as its unknown token,
+    as for the student) and, per student position, where the teacher's logits for that word sit."""
+    def encode(rows):
+        return teacher_tokenizer(rows, is_split_into_words=True, truncation=True, max_length=max_length)
+
+    t = encode(words)
+    empty = {i: _vanished(w, t.word_ids(i), cut) for i, (w, cut) in enumerate(zip(words, _truncated(t)))}
+    if any(empty.values()):
+        unk = teacher_tokenizer.unk_token
+        t = encode([[unk if j in empty[i] else w for j, w in enumerate(row)] for i, row in enumerate(words)])
+    index = [teacher_word_index(w, t.word_ids(i)) for i, w in enumerate(word_ids)]
+    lost = sum(1 for row, labs in zip(index, labels) for k, lab in zip(row, labs) if lab != IGNORE_INDEX and k < 0)
+    if lost:
+        log.warning("%d labelled word(s) lie past the teacher's max_length %d in its own tokens: the KD loss skips "
+                    "them and the teacher's score counts them as missed; raise data.max_length", lost, max_length)
+    return {**_teacher_columns(t, teacher_tokenizer), "teacher_word_index": index}
 
 
 def _encode_raw(batch: dict, tokenizer, max_length: int) -> dict:
@@ -180,6 +198,10 @@ def tokenize(data: TaskData, tokenizer, max_length: int = 128, teacher_tokenizer
     if 0 < limit < 10**6 and max_length > limit:
         raise DistillError(f"max_length={max_length} exceeds the tokenizer's model_max_length {limit}; lower it")
     key = tokenizer_key(tokenizer)
+    teacher_limit = getattr(teacher_tokenizer, "model_max_length", None) or 0
+    if 0 < teacher_limit < 10**6 and max_length > teacher_limit:
+        raise DistillError(f"max_length={max_length} exceeds the teacher tokenizer's model_max_length {teacher_limit}; "
+                           "lower data.max_length")
     if teacher_tokenizer is not None:
         if data.task not in ("sequence", "token"):
             raise DistillError(f"a teacher with its own tokenizer distils sequence or token tasks, not {data.task}")

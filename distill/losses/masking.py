@@ -73,4 +73,7 @@ def logit_rows(student: ModelOutputs, s: Tensor, t: Tensor, batch: Mapping[str, 
     if s.dim() == 2:
         return s, t
     keep = scored_tokens(student, batch, s)  # (B, T)
+    index = batch.get("teacher_word_index") if batch is not None else None
+    if index is not None and index.shape == keep.shape:  # a teacher with its own tokenizer lost these words
+        keep = keep & (index.to(keep.device) >= 0)
     return s[keep], t[keep]  # (N, C) each

@@ -44,13 +44,13 @@ class ForeignTeacher(nn.Module):
     input_keys = TEACHER_INPUTS
 
     def __init__(self, model: nn.Module, task: str, order: list[int] | None, tokenizer_path: str,
-                 student_tokenizer: str):
+                 student_tokenizer: str, pad_token_id: int = 0):
         super().__init__()
         self.model, self.task = model, task
         self.register_buffer("order", torch.tensor(order if order is not None else range(model.config.num_labels)))
         self.config = model.config
         self.tokenizer_path, self.student_tokenizer = tokenizer_path, student_tokenizer
-        self.pad_token_id = model.config.pad_token_id or 0
+        self.pad_token_id = pad_token_id
 
     def forward(self, teacher_input_ids: Tensor, teacher_attention_mask: Tensor,
                 teacher_token_type_ids: Tensor | None = None, teacher_word_index: Tensor | None = None,
@@ -91,7 +91,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str = "sequence", id2
     except (ValueError, KeyError, json.JSONDecodeError, OSError) as e:
         raise DistillError(f"{path}/config.json is not a config transformers knows ({type(e).__name__}); "
                            "a model_type that needs remote code is not loaded") from None
-    load_tokenizer(path)  # its own tokenizer must be there (and fit its vocab) before any step
+    pad = load_tokenizer(path).pad_token_id  # its own tokenizer must be there (and fit its vocab) before any step
     wanted = {int(i): str(n) for i, n in dict(id2label).items()} if id2label is not None else None
     n = len(wanted) if wanted is not None else num_labels
     if n is not None and n != config.num_labels and _has_head(path):
@@ -100,6 +100,8 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str = "sequence", id2
     order = label_order(config.id2label, wanted) if wanted is not None else None
     if order is not None:
         log.info("%s: its head orders the labels %s; logits reordered to the data's", path, config.id2label)
+    elif wanted is not None and _has_head(path):
+        _warn_other_names(config.id2label, wanted, path)
     from transformers.utils import logging as hf_logging
 
     bar = hf_logging.is_progress_bar_enabled()
@@ -116,10 +118,22 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str = "sequence", id2
     if wanted is not None:
         model.config.id2label, model.config.label2id = wanted, {name: i for i, name in wanted.items()}
     model.config.name_or_path = str(path)
-    teacher = ForeignTeacher(model.eval(), task, order, str(path), student_tokenizer or minilm_l6_path())
+    teacher = ForeignTeacher(model.eval(), task, order, str(path), student_tokenizer or minilm_l6_path(),
+                             pad if pad is not None else model.config.pad_token_id or 0)
     teacher.newly_initialised = sorted(info["missing_keys"])  # e.g. a head the checkpoint lacks
     log.info("teacher %s (%s, %d labels) with its own tokenizer", path, config.model_type, model.config.num_labels)
     return teacher.eval()
+
+
+def _warn_other_names(own: dict, wanted: dict[int, str], path) -> None:
+    """Names that are not the data's (and not transformers' generic LABEL_i): output i is read as the data's
+    label i, which is right only if the teacher was trained with that order — say so loudly."""
+    names = [str(own.get(i, own.get(str(i), ""))) for i in range(len(own))]
+    same = [n.lower() for n in names] == [wanted[i].lower() for i in range(len(wanted))]
+    if not same and not all(n.upper().startswith("LABEL_") for n in names):
+        log.warning("%s: its head names the labels %s, the data %s; reading output i as the data's label i — if "
+                    "the teacher was trained in another order, fix its config.json id2label", path, names,
+                    [wanted[i] for i in range(len(wanted))])
 
 
 def _has_head(path) -> bool:
