@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 STAGE_KEYS = ("teacher", "student", "data", "losses", "trainer")
 CONTROL = "student (augmented, gold labels, no KD)"
 FOREIGN = "distill.models.foreign.from_pretrained"  # a teacher with its own tokenizer: distilled as it is
+ENSEMBLE = "distill.models.ensemble.ensemble"  # several fine-tuned teachers: distilled as they are
 
 
 def _load(relative: str) -> DictConfig:
@@ -77,6 +78,9 @@ def default_trainer() -> DictConfig:
 
 def teacher_stage_config(cfg: DictConfig) -> DictConfig:
     """Fine-tuning the teacher: the teacher node becomes the trained model, gold labels only."""
+    if cfg.teacher.get("_target_") == ENSEMBLE:
+        raise DistillError("distill pipeline fine-tunes one teacher; an ensemble of fine-tuned teachers is distilled "
+                           "with `distill train teacher=ensemble teacher.members=[DIR,DIR]`")
     if cfg.teacher.get("_target_") == FOREIGN:
         raise DistillError("distill pipeline fine-tunes a BERT teacher; a teacher of another architecture is "
                            "distilled as it is: fine-tune it with transformers, then run `distill train "

@@ -86,6 +86,9 @@ def check_foreign_teacher(teacher, loss) -> None:
     """A teacher with its own tokenizer gives logits in the student's layout, nothing layer-wise."""
     terms = loss.active().values() if hasattr(loss, "active") else [loss]
     layered = sorted({n for t in terms if t.uses_teacher for n in t.needs} - {"logits"})
+    if layered and hasattr(teacher, "members"):
+        raise DistillError(f"a loss term reads the teacher's {layered[0]}, but an ensemble of teachers gives logits "
+                           "only; use losses=logits, or one teacher (teacher=hf_dir) for layer losses")
     if is_foreign(teacher) and layered:
         raise DistillError(f"a loss term reads the teacher's {layered[0]}, but this teacher is a "
                            f"{teacher.config.model_type} with its own tokenizer: only its logits map onto the student; "
@@ -235,7 +238,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         check_teacher_head(cfg, teacher, loss)
         check_foreign_teacher(teacher, loss)
     # the teacher's tokenizer defines the ids; a student built from it has no dir of its own yet
-    source = teacher.config.name_or_path if teacher is not None and not is_foreign(teacher) else ""
+    source = getattr(teacher, "primary", teacher).config.name_or_path if teacher is not None and \
+        not is_foreign(teacher) else ""  # an ensemble's members share its first member's tokenizer
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
         data = augmented(cfg.data.augment, data, tokenizer)

@@ -287,7 +287,7 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "-m", "trainer.lr=1e-4,abc"], ["trainer.lr", "'abc'"]),  # before job 0 trains, not after
     (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
     (["train", "teacher=null"],
-     ["teacher=null: a config group takes one of hf_any, hf_dir, minilm_l6, tiny", "~teacher"]),
+     ["teacher=null: a config group takes one of ensemble, hf_any, hf_dir, minilm_l6, tiny", "~teacher"]),
     (["train", "recipe=auto"], ["recipe=auto trains several students", "distill pipeline recipe=auto"]),
     (["pipeline", "recipe=auto", "target.min_retention=99"], ["target.min_retention=99", "e.g. 0.99"]),
     (["pipeline", "recipe=auto", "target.max_latency_ms=-1"], ["target.max_latency_ms=-1.0 must be a positive number"]),

@@ -41,6 +41,7 @@ class ForeignTeacher(nn.Module):
     """
 
     own_tokenizer = True
+    logits_only = True
     input_keys = TEACHER_INPUTS
 
     def __init__(self, model: nn.Module, task: str, order: list[int] | None, tokenizer_path: str,

@@ -30,12 +30,18 @@ def _encoder(model: BertPreTrainedModel) -> BertModel:
 def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
     """The teacher's config with ``changes`` applied (vocab, labels, positions carried over); a teacher of
     another architecture gives only its labels, the vocabulary is its ``student_tokenizer``'s."""
+    teacher = _single(teacher)
     config = _own_vocab_config(teacher) if is_foreign(teacher) else copy.deepcopy(teacher.config)
     for key, value in changes.items():
         if value is not None:
             setattr(config, key, value)
     config.name_or_path = getattr(teacher, "student_tokenizer", "")  # "": the teacher's tokenizer
     return config
+
+
+def _single(teacher):
+    """An ensemble of teachers builds its student from its first member."""
+    return getattr(teacher, "primary", teacher)
 
 
 def _own_vocab_config(teacher) -> BertConfig:
@@ -68,6 +74,7 @@ def student_from_config(
     ``hidden_size`` equal to the teacher's. ``project_embeddings`` works for a narrower student: the
     teacher's embeddings projected onto their top ``hidden_size`` principal directions.
     """
+    teacher = _single(teacher)
     for name, value in (("num_hidden_layers", num_hidden_layers), ("hidden_size", hidden_size),
                         ("num_attention_heads", num_attention_heads)):
         if int(value) < 1:
@@ -142,6 +149,7 @@ def student_from_teacher(
     ``layers=[0, 5]`` of a 6-layer teacher gives a 2-layer student whose layer 1 is teacher layer 0
     and layer 2 is teacher layer 5.
     """
+    teacher = _single(teacher)
     _same_vocab(teacher, "student=from_teacher", "pick a student of its own, e.g. student=bert_l4_h128")
     n_t = teacher.config.num_hidden_layers
     layers = [int(i) for i in layers]
@@ -179,6 +187,7 @@ def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **c
     E.g. the student of an earlier distillation stage (``distill pipeline`` with ``intermediate:``) or a
     task-agnostic distilled BERT. Its head takes the teacher's labels; vocab must match the teacher's.
     """
+    teacher = _single(teacher)
     task = getattr(teacher, "task", None)  # every distill BERT class names its task
     if task not in TASK_CLASSES:
         raise DistillError(f"the teacher is a {type(teacher).__name__}, not one of distill's BERT classes")
@@ -190,6 +199,9 @@ def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **c
 
 def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
     """Total parameters and those outside the embeddings (tied weights counted once)."""
+    if hasattr(model, "members"):  # an ensemble of teachers: all of them
+        counts = [count_parameters(m) for m in model.members]
+        return {k: sum(c[k] for c in counts) for k in ("total", "non_embedding")}
     params = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in params.values())
     foreign = is_foreign(model)
