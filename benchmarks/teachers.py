@@ -7,9 +7,10 @@ teachers (``teacher=ensemble``) vs the same student distilled from either teache
 The recipe's teacher is fine-tuned twice (the pipeline's teacher stage with ``finetune.seed`` 0 and 1;
 reused when done). For every student seed the recipe's student is distilled from teacher A, from
 teacher B and from the ensemble [A, B] (same data, steps and losses; a student built from teacher
-layers takes them from A for the ensemble). Prints each seed's test metric, the medians, and for the
-median seed paired tests (McNemar, paired bootstrap) of the ensemble's student against each
-single-teacher student; the last line is JSON.
+layers takes them from A for the ensemble, and a run from the ensemble draws the same random numbers as
+one from A alone). Prints each seed's test metric, the medians, and for every seed paired tests
+(McNemar, paired bootstrap) of the ensemble's student against each single-teacher student; the last
+line is JSON.
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main(argv: list[str]) -> None:
             args.append(arg)
     if not any(a.startswith("recipe=") for a in args):
         args.insert(0, "recipe=mr_logits")
+    if len(teacher_seeds) != 2:
+        raise SystemExit(f"teacher_seeds={teacher_seeds}: give exactly two fine-tuning seeds (teachers A and B)")
     cfg = compose_checked(args)
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
     dirs = teachers(args, teacher_seeds, root)
@@ -76,19 +79,21 @@ def main(argv: list[str]) -> None:
         print(f"{s:>4} " + " ".join(f"{score[s][n]['student'][key]:8.4f}" for n in NAMES))
     median = {n: statistics.median(score[s][n]["student"][key] for s in seeds) for n in NAMES}
     print(f"{'med':>4} " + " ".join(f"{median[n]:8.4f}" for n in NAMES))
-    mid = sorted(seeds, key=lambda s: score[s]["A+B"]["student"][key])[len(seeds) // 2]
-    rows, names, _ = eval_split(data, load_tokenizer(runs[mid]["A"] / "student"), split="test",
+    rows, names, _ = eval_split(data, load_tokenizer(runs[seeds[0]]["A"] / "student"), split="test",
                                 max_length=int(cfg.data.max_length))
     from distill.models.hub import from_pretrained
 
-    preds = {n: ev.predict(ev.torch_forward(from_pretrained(d / "student", task=data.task)), rows, data.task)
-             for n, d in runs[mid].items()}
-    tests = {n: {"mcnemar_p": ev.mcnemar(preds["A+B"].correct, preds[n].correct)["p_value"],
-                 "paired_bootstrap": ev.paired_bootstrap(preds["A+B"], preds[n], names)} for n in ("A", "B")}
-    for n, t in tests.items():
-        print(f"median seed {mid}: A+B vs {n}: McNemar p = {t['mcnemar_p']:.3g}, "
-              f"paired bootstrap {t['paired_bootstrap']}")
-    print(json.dumps({"metric": key, "seeds": seeds, "median": median, "median_seed": mid,
+    tests = {}
+    for s in seeds:  # every seed, not one picked by the ensemble's own score
+        preds = {n: ev.predict(ev.torch_forward(from_pretrained(d / "student", task=data.task)), rows, data.task)
+                 for n, d in runs[s].items()}
+        tests[s] = {n: {"mcnemar_p": ev.mcnemar(preds["A+B"].correct, preds[n].correct)["p_value"],
+                        "paired_bootstrap": ev.paired_bootstrap(preds["A+B"], preds[n], names)} for n in ("A", "B")}
+        for n, t in tests[s].items():
+            b = t["paired_bootstrap"]
+            print(f"seed {s}: A+B vs {n}: {b['diff']:+.4f} (95% CI {b['ci95'][0]:+.4f} .. {b['ci95'][1]:+.4f}), "
+                  f"McNemar p = {t['mcnemar_p']:.3g}, paired bootstrap p = {b['p_value']:.3g}")
+    print(json.dumps({"metric": key, "seeds": seeds, "median": median,
                       "teachers": {n: score[seeds[0]][n]["teacher"][key] for n in NAMES},
                       "ensemble_vs": tests, "teacher_dirs": [str(d) for d in dirs]}))
 

@@ -29,11 +29,12 @@ from pathlib import Path
 import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from distill import launch
 from distill.config_check import target_config, trainer_config
 from distill.errors import DistillError
-from distill.pipeline import train_stages, train_texts
+from distill.pipeline import teacher_stage_config, train_stages, train_texts
 from distill.schema import TargetConfig as Target
 
 log = logging.getLogger(__name__)
@@ -62,11 +63,12 @@ def plan_for(rows: int, lengths: list[int], batch_size: int, given: dict | None 
         raise DistillError(f"the training split has {rows} row(s); recipe=auto needs a labelled training set")
     given = given or {}
     p95 = math.ceil(np.percentile(lengths, 95)) if lengths else 32
-    max_length = given.get("max_length") or min(256, max(32, 16 * math.ceil(p95 / 16)))
-    finetune = given.get("finetune_epochs") or min(10, max(2, math.ceil(FINETUNE_STEPS * batch_size / rows)))
+    max_length = given["max_length"] if "max_length" in given else min(256, max(32, 16 * math.ceil(p95 / 16)))
+    finetune = given["finetune_epochs"] if "finetune_epochs" in given else \
+        min(10, max(2, math.ceil(FINETUNE_STEPS * batch_size / rows)))
     n = 0 if rows >= AUGMENTED_ROWS else min(8, math.ceil(AUGMENTED_ROWS / rows) - 1)
     n = given.get("augment_n", n)
-    kd = given.get("kd_epochs") or min(5, max(1, round(KD_STEPS * batch_size / (rows * (n + 1)))))
+    kd = given["kd_epochs"] if "kd_epochs" in given else min(5, max(1, round(KD_STEPS * batch_size / (rows * (n + 1)))))
     yours = " (set on the command line)"
     reasons = [
         f"max_length {max_length}: " + (f"{yours.strip(' ()')}; 95% of the {rows:,} training rows have at most {p95} "
@@ -89,13 +91,10 @@ GIVEN = {"data.max_length": "max_length", "finetune.epochs": "finetune_epochs", 
          "trainer.epochs": "kd_epochs"}
 
 
-def given_on_command_line(cfg: DictConfig) -> tuple[dict, set[str]]:
-    """The plan's values the user set (Plan field → value, and ``max_steps``), and every key they set."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return {}, set()
-    keys = {o.lstrip("+~").partition("=")[0] for o in HydraConfig.get().overrides.task}
+def given_on_command_line(cfg: DictConfig, overrides: list[str]) -> tuple[dict, set[str]]:
+    """The plan's values the user set in ``overrides`` (Plan field → value, and ``max_steps``), and every key
+    they set (a deletion, ``~key``, sets nothing)."""
+    keys = {o.lstrip("+").partition("=")[0] for o in overrides if not o.startswith("~")}
     given = {field_: OmegaConf.select(cfg, key) for key, field_ in GIVEN.items() if key in keys}
     steps = {key: OmegaConf.select(cfg, key) for key in ("finetune.max_steps", "trainer.max_steps")
              if key in keys and OmegaConf.select(cfg, key) is not None}
@@ -168,9 +167,11 @@ def choose(results: dict, metric: str, target: Target) -> tuple[str, bool, str]:
                         f"{len(results)} students within {said} (p50 {latency(pick):.2f} ms, {params(pick):,} params)")
 
 
-def run_auto(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Plan, train every candidate (one shared teacher stage), compare, choose, export; auto.json/auto.md."""
+def run_auto(cfg: DictConfig, out_dir: str | Path, overrides: list[str] | None = None) -> dict:
+    """Plan, train every candidate (one shared teacher stage), compare, choose, export; auto.json/auto.md.
+    ``overrides``: the command line's (default: Hydra's), whose values the plan keeps."""
     out = Path(out_dir)
+    teacher_stage_config(cfg)  # a teacher the pipeline cannot fine-tune stops here, before any model loads
     target = target_config(cfg.target) if cfg.get("target") is not None else Target()
     names = list(cfg.auto.get("students") or {})
     if not names or "teacher" in names:
@@ -178,16 +179,21 @@ def run_auto(cfg: DictConfig, out_dir: str | Path) -> dict:
     if cfg.data.get("augment") is None:
         raise DistillError("recipe=auto sizes data.augment; keep augment=words (auto sets n, 0 for large data)")
     data, lengths = measure_data(cfg)
-    given, keys = given_on_command_line(cfg)
+    if overrides is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    given, keys = given_on_command_line(cfg, overrides)
     plan = plan_for(len(data.splits["train"]), lengths, int(cfg.data.batch_size), given)
     for line in plan.reasons:
         log.info("auto: %s", line)
-    configs = {name: candidate_config(cfg, plan, cfg.auto.students[name], keys) for name in names}
-    for name, c in configs.items():  # a candidate's typo stops here, not after the stages before it
+    configs = {}
+    for name in names:  # a candidate's typo stops here, not after the stages before it
         try:
-            trainer_config(c.trainer)
-        except DistillError as e:
-            raise DistillError(f"auto.students.{name}: {e}") from None
+            configs[name] = candidate_config(cfg, plan, cfg.auto.students[name], keys)
+            trainer_config(configs[name].trainer)
+        except (DistillError, OmegaConfBaseException) as e:
+            raise DistillError(f"auto.students.{name}: {getattr(e, 'msg', e)}") from None
     dirs = {name: train_stages(c, baselines=bool(cfg.auto.baselines)) for name, c in configs.items()}
     if not launch.state().is_main_process:
         return {}

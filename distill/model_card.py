@@ -56,7 +56,8 @@ def hub_metadata(model, name: str, metrics: Mapping[str, float] | None = None, d
         EvalResult(task_type=task, dataset_type=dataset or "custom", dataset_name=dataset or "custom",
                    dataset_split=split, metric_type=k, metric_value=round(float(v), 6))
         for k, v in (metrics or {}).items()]
-    hub_id = base_model if base_model and not Path(base_model).expanduser().exists() else None
+    hub_id = base_model if base_model and ", " not in base_model and not Path(base_model).expanduser().exists() \
+        else None  # a local dir, or an ensemble's members ("A, B"), is no hub id
     data = ModelCardData(library_name="transformers", pipeline_tag=task, tags=["distillation", "bert", "distill"],
                          base_model=hub_id, model_name=name, eval_results=results or None)
     return f"---\n{data.to_yaml()}\n---"

@@ -86,7 +86,7 @@ def check_foreign_teacher(teacher, loss) -> None:
     """A teacher with its own tokenizer gives logits in the student's layout, nothing layer-wise."""
     terms = loss.active().values() if hasattr(loss, "active") else [loss]
     layered = sorted({n for t in terms if t.uses_teacher for n in t.needs} - {"logits"})
-    if layered and hasattr(teacher, "members"):
+    if layered and getattr(teacher, "logits_only", False) and not is_foreign(teacher):  # an ensemble
         raise DistillError(f"a loss term reads the teacher's {layered[0]}, but an ensemble of teachers gives logits "
                            "only; use losses=logits, or one teacher (teacher=hf_dir) for layer losses")
     if is_foreign(teacher) and layered:

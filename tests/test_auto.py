@@ -32,6 +32,28 @@ def test_plan_sizes_every_stage_from_rows_and_lengths():
     assert yours.reasons[-1] == "trainer.max_steps=30 (set on the command line) caps the epochs above"
 
 
+def test_what_the_user_sets_wins_over_the_plan_and_the_candidate():
+    from omegaconf import OmegaConf
+
+    from distill.auto import candidate_config, given_on_command_line
+
+    cfg = OmegaConf.create({"data": {"max_length": 128, "augment": {"n": 2}}, "finetune": {"epochs": 2},  # as Hydra
+                            "trainer": {"lr": 1e-5, "epochs": 4, "max_steps": 50}, "student": {"a": 1},  # composed
+                            "auto": {}, "target": {}})  # the overrides below into the recipe
+    overrides = ["recipe=auto", "trainer.lr=1e-5", "++data.augment.n=2", "~trainer.seed", "trainer.max_steps=50"]
+    given, keys = given_on_command_line(cfg, overrides)
+    assert given == {"augment_n": 2, "max_steps": {"trainer.max_steps": 50}}
+    assert keys == {"recipe", "trainer.lr", "data.augment.n", "trainer.max_steps"}  # a deletion sets nothing
+    plan = plan_for(1000, [10] * 10, 32, given)
+    assert plan.augment_n == 2 and plan.reasons[-1] == "trainer.max_steps=50 (set on the command line) caps the " \
+        "epochs above"
+    candidate = OmegaConf.create({"student": {"b": 2}, "trainer": {"lr": 3e-4, "seed": 7}})
+    out = candidate_config(cfg, plan, candidate, keys)
+    assert out.trainer.lr == 1e-5 and out.trainer.max_steps == 50  # the user's beat the candidate's
+    assert out.trainer.seed == 7 and out.trainer.epochs == plan.kd_epochs  # the candidate's, the plan's
+    assert out.data.augment.n == 2 and out.student == {"b": 2} and out.auto is None and out.target is None
+
+
 def _results(**students):
     return {name: {"metrics": {"accuracy": {"value": acc}}, "latency": {"p50_ms": ms}, "params": {"total": params},
                    "retention": {"accuracy": acc / 0.80}} for name, (acc, ms, params) in students.items()}

@@ -48,6 +48,8 @@ def test_the_ensembles_logits_are_the_members_weighted_mean(members):
     (lambda m: [m[0]], None, "an ensemble needs two or more fine-tuned checkpoint dirs"),
     (lambda m: m, [1, -1], "give one non-negative weight per member (2)"),
     (lambda m: m, [1], "give one non-negative weight per member (2)"),
+    (lambda m: m, [1, float("inf")], "give one non-negative weight per member (2)"),
+    (lambda m: m, ["a", 1], "give one non-negative weight per member (2)"),
 ])
 def test_impossible_ensembles_are_one_line(members, members_of, weights, words):
     with pytest.raises(DistillError, match=words.replace("(", r"\(").replace(")", r"\)")):
@@ -55,11 +57,21 @@ def test_impossible_ensembles_are_one_line(members, members_of, weights, words):
 
 
 def test_members_with_different_tokenizers_are_refused(members, tmp_path):
+    from transformers import BertTokenizerFast
+
     from tests.foreign_helpers import roberta_teacher
 
     other = roberta_teacher(tmp_path / "roberta", "sequence", steps=1)
     with pytest.raises(DistillError, match="mixes BERT and other architectures"):
         ensemble([str(members[0]), str(other)], "sequence", NAMES)
+    cased = tmp_path / "cased"  # the same model and vocabulary, but a tokenizer that keeps case
+    save_pretrained(from_pretrained(members[1]), cased, BertTokenizerFast.from_pretrained(
+        minilm_l6_path(), do_lower_case=False))
+    with pytest.raises(DistillError, match="read the text with different tokenizers"):
+        ensemble([str(members[0]), str(cased)], "sequence", NAMES)
+    with pytest.raises(DistillError, match="was saved as a sequence classifier .BertForSequenceClassification. but "
+                                           "the data is a token task"):
+        ensemble([str(m) for m in members], "token", {0: "O", 1: "B-x"})  # a sentence classifier read as a tagger
 
 
 def test_train_from_an_ensemble_through_the_cli(members, tmp_path):
@@ -85,6 +97,16 @@ def test_train_from_an_ensemble_through_the_cli(members, tmp_path):
     assert metrics["teacher_params"]["total"] == sum(count_parameters(from_pretrained(m))["total"] for m in members)
     log = (tmp_path / "cli.log").read_text()
     assert "an ensemble of 2" in log and "rows present" in log
+    import numpy as np
+
+    from distill.data.tokenize import tokenize
+
+    train = tokenize(tiny("sequence"), load_tokenizer(minilm_l6_path()), 32)["train"]  # the run's encoding
+    mean_logits = torch.cat([sum(f(batch) for f in forwards) / 2 for batch in ev.batches(train, 64)])  # (N, 2)
+    (cache,) = (tmp_path / "teacher_cache").glob("teacher-*")
+    stored = np.memmap(cache / "logits.f16", np.float16, "r", shape=(len(train), 2))
+    assert np.memmap(cache / "filled.u8", np.uint8, "r", shape=(len(train),)).all()
+    torch.testing.assert_close(torch.tensor(np.asarray(stored), dtype=torch.float32), mean_logits, atol=1e-2, rtol=1e-3)
     assert f"{members[0]}, {members[1]}" in (tmp_path / "student" / "README.md").read_text()  # the card names both
 
 

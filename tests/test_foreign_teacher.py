@@ -209,6 +209,9 @@ def test_the_teachers_labels_are_matched_by_name_and_a_missing_head_is_named(tea
     AutoTokenizer.from_pretrained(teachers["sequence"]).save_pretrained(tmp_path / "base")
     headless = from_pretrained(tmp_path / "base", "sequence", names)
     assert any(k.startswith("classifier.") for k in headless.newly_initialised)  # check_teacher_head refuses it
+    with pytest.raises(DistillError, match="was saved as a sequence classifier .RobertaForSequenceClassification. "
+                                           "but the data is a token task"):
+        from_pretrained(teachers["sequence"], "token", names)  # a sentence classifier read as a tagger
 
 
 def test_the_readme_line_runs_as_written_on_a_csv(teachers, tmp_path):

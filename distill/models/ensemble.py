@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import os
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ class EnsembleTeacher(nn.Module):
         self.members = nn.ModuleList(members)
         self.register_buffer("weights", torch.tensor([float(w) for w in weights]) / float(sum(weights)))
         first = members[0]
-        self.primary, self.task = first, getattr(first, "task", None)
+        self.task = getattr(first, "task", None)
         self.config = copy.deepcopy(first.config)
         self.config.name_or_path = ", ".join(m.config.name_or_path for m in members)
         self.input_keys = getattr(first, "input_keys", MODEL_INPUTS)
@@ -49,6 +50,11 @@ class EnsembleTeacher(nn.Module):
             if hasattr(first, name):
                 setattr(self, name, getattr(first, name))
         self.newly_initialised = sorted({k for m in members for k in getattr(m, "newly_initialised", [])})
+
+    @property
+    def primary(self) -> nn.Module:
+        """The member a student built from the ensemble is built from (not a second registered submodule)."""
+        return self.members[0]
 
     def forward(self, **inputs: Tensor) -> ModelOutputs:
         wanted = sorted(k for k in ("output_hidden_states", "output_attentions", "output_qkv") if inputs.pop(k, None))
@@ -71,8 +77,11 @@ def ensemble(members: Sequence[str | os.PathLike], task: str = "sequence", id2la
     if len(members) < 2:
         raise DistillError(f"teacher.members={members}: an ensemble needs two or more fine-tuned checkpoint dirs; "
                            "for one teacher use teacher=hf_dir (BERT) or teacher=hf_any")
-    weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
-    if len(weights) != len(members) or any(not w >= 0 for w in weights) or sum(weights) <= 0:
+    try:
+        weights = [1.0] * len(members) if weights is None else [float(w) for w in weights]
+    except (TypeError, ValueError):
+        weights = [math.nan]
+    if len(weights) != len(members) or any(not 0 <= w < math.inf for w in weights) or sum(weights) <= 0:
         raise DistillError(f"teacher.weights={weights}: give one non-negative weight per member "
                            f"({len(members)}), not all zero")
     kinds = {str(m): _is_bert(m) for m in members}
@@ -80,8 +89,14 @@ def ensemble(members: Sequence[str | os.PathLike], task: str = "sequence", id2la
         raise DistillError(f"teacher.members mixes BERT and other architectures ({kinds}); members read one "
                            "encoding of the text: use teachers of one kind and one tokenizer")
     labels = {"id2label": id2label} if id2label is not None else {"num_labels": num_labels}
-    loaded = [hub.from_pretrained(m, task=task, **labels) if kinds[str(m)] else
-              foreign.from_pretrained(m, task=task, student_tokenizer=student_tokenizer, **labels) for m in members]
+    def load(member):
+        if kinds[str(member)]:
+            return hub.from_pretrained(member, task=task, **labels)
+        return foreign.from_pretrained(member, task=task, student_tokenizer=student_tokenizer, **labels)
+
+    loaded = [load(members[0])]
+    with torch.random.fork_rng():  # the first member draws what one teacher would: a run from the ensemble and
+        loaded += [load(m) for m in members[1:]]  # one from member A alone build the same student, same dropout
     _one_tokenizer(loaded)
     log.info("teacher: an ensemble of %d (%s), weights %s", len(loaded), ", ".join(map(str, members)), weights)
     return EnsembleTeacher(loaded, weights).eval()
@@ -98,7 +113,8 @@ def _one_tokenizer(members: list[nn.Module]) -> None:
     """Every member must read the same ids: one tokenizer class and vocabulary."""
     paths = [getattr(m, "tokenizer_path", m.config.name_or_path) for m in members]
     tokenizers = [hub.load_tokenizer(p) for p in paths]
-    kinds = [(type(t).__name__, t.get_vocab()) for t in tokenizers]
+    sample = "Hello World, naïve café: 3.5% off!"  # normalisation (case, accents) beyond the vocabulary
+    kinds = [(type(t).__name__, t.get_vocab(), t(sample)["input_ids"]) for t in tokenizers]
     other = next((p for p, k in zip(paths, kinds) if k != kinds[0]), None)
     if other is not None:
         raise DistillError(f"teacher.members read the text with different tokenizers ({paths[0]} vs {other}); an "

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.models.hub import label_order, load_tokenizer, minilm_l6_path, resolve
+from distill.models.hub import HEADS, check_head_task, label_order, load_tokenizer, minilm_l6_path, resolve
 from distill.outputs import TEACHER_INPUTS, ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,7 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str = "sequence", id2
     except (ValueError, KeyError, json.JSONDecodeError, OSError) as e:
         raise DistillError(f"{path}/config.json is not a config transformers knows ({type(e).__name__}); "
                            "a model_type that needs remote code is not loaded") from None
+    check_head_task(path, task)
     pad = load_tokenizer(path).pad_token_id  # its own tokenizer must be there (and fit its vocab) before any step
     wanted = {int(i): str(n) for i, n in dict(id2label).items()} if id2label is not None else None
     n = len(wanted) if wanted is not None else num_labels
@@ -140,8 +141,7 @@ def _warn_other_names(own: dict, wanted: dict[int, str], path) -> None:
 def _has_head(path) -> bool:
     """Whether the checkpoint's config says it was saved with a classification head."""
     raw = json.loads((path / "config.json").read_text())
-    heads = ("ForSequenceClassification", "ForTokenClassification")
-    return any(a.endswith(heads) for a in raw.get("architectures") or [])
+    return any(a.endswith(tuple(HEADS.values())) for a in raw.get("architectures") or [])
 
 
 def is_foreign(teacher) -> bool:

@@ -186,6 +186,7 @@ def from_pretrained(
         raise DistillError(f"task={task!r} is unknown; use one of {sorted(TASK_CLASSES)}")
     path = resolve(name_or_path)
     config = load_config(path, **config_overrides)
+    check_head_task(path, task)
     sd = load_state_dict(path)
     if id2label is not None:
         wanted = {int(i): str(name) for i, name in dict(id2label).items()}
@@ -198,6 +199,19 @@ def from_pretrained(
     load_weights(model, sd, str(path))
     model.config.name_or_path = str(path)
     return model.eval()
+
+
+HEADS = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+
+
+def check_head_task(path: Path, task: str) -> None:
+    """A checkpoint saved with a sentence classifier read as a tagger (or the reverse): with equal label counts the
+    head's shapes match and it would load silently, applied where it was never trained."""
+    raw = json.loads((path / "config.json").read_text())
+    saved = [t for t, suffix in HEADS.items() for a in raw.get("architectures") or [] if a.endswith(suffix)]
+    if task in HEADS and saved and task not in saved:
+        raise DistillError(f"{path} was saved as a {saved[0]} classifier ({raw['architectures'][0]}) but the data is a "
+                           f"{task} task; use a checkpoint fine-tuned for {task} classification")
 
 
 def load_packaged_minilm(task: str = "sequence", num_labels: int | None = None, **kw) -> BertPreTrainedModel:
