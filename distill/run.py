@@ -82,10 +82,15 @@ def check_compatible(teacher, student) -> None:
         raise DistillError("teacher and student label names differ; fine-tune the teacher on this data first")
 
 
+def teacher_terms(loss) -> list:
+    """The loss terms that read the teacher (a CompositeLoss's active ones, or the loss itself)."""
+    terms = loss.active().values() if hasattr(loss, "active") else [loss]
+    return [t for t in terms if t.uses_teacher]
+
+
 def check_foreign_teacher(teacher, loss) -> None:
     """A teacher with its own tokenizer gives logits in the student's layout, nothing layer-wise."""
-    terms = loss.active().values() if hasattr(loss, "active") else [loss]
-    layered = sorted({n for t in terms if t.uses_teacher for n in t.needs} - {"logits"})
+    layered = sorted({n for t in teacher_terms(loss) for n in t.needs} - {"logits"})
     if layered and getattr(teacher, "logits_only", False) and not is_foreign(teacher):  # an ensemble
         raise DistillError(f"a loss term reads the teacher's {layered[0]}, but an ensemble of teachers gives logits "
                            "only; use losses=logits, or one teacher (teacher=hf_dir) for layer losses")
@@ -98,8 +103,7 @@ def check_foreign_teacher(teacher, loss) -> None:
 def check_teacher_head(cfg: DictConfig, teacher, loss) -> None:
     """A teacher whose checkpoint has no classifier (the packaged MiniLM) teaches noise through its logits."""
     fresh = [k for k in getattr(teacher, "newly_initialised", []) if k.startswith("classifier")]
-    terms = loss.active().values() if hasattr(loss, "active") else [loss]
-    reads_logits = any(t.uses_teacher and "logits" in t.needs for t in terms)  # not hard labels' student logits
+    reads_logits = any("logits" in t.needs for t in teacher_terms(loss))  # not hard labels' student logits
     if fresh and reads_logits and not cfg.teacher.get("allow_untrained", False):
         raise DistillError(f"the teacher's classifier was never trained (its checkpoint has no {fresh[0]}); "
                            "fine-tune it first with `distill pipeline recipe=NAME`, or pass teacher=hf_dir "

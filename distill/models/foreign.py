@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.models.hub import HEADS, check_head_task, label_order, load_tokenizer, minilm_l6_path, resolve
+from distill.models.hub import check_head_task, label_order, load_tokenizer, minilm_l6_path, resolve, saved_heads
 from distill.outputs import TEACHER_INPUTS, ModelOutputs
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,13 @@ def from_pretrained(name_or_path: str | os.PathLike, task: str = "sequence", id2
     pad = load_tokenizer(path).pad_token_id  # its own tokenizer must be there (and fit its vocab) before any step
     wanted = {int(i): str(n) for i, n in dict(id2label).items()} if id2label is not None else None
     n = len(wanted) if wanted is not None else num_labels
-    if n is not None and n != config.num_labels and _has_head(path):
+    if n is not None and n != config.num_labels and saved_heads(path):
         raise DistillError(f"{path}: its classifier has {config.num_labels} labels but the data has {n}; "
                            "use a teacher fine-tuned on this data's labels")
     order = label_order(config.id2label, wanted) if wanted is not None else None
     if order is not None:
         log.info("%s: its head orders the labels %s; logits reordered to the data's", path, config.id2label)
-    elif wanted is not None and _has_head(path):
+    elif wanted is not None and saved_heads(path):
         _warn_other_names(config.id2label, wanted, path)
     from transformers.utils import logging as hf_logging
 
@@ -136,12 +136,6 @@ def _warn_other_names(own: dict, wanted: dict[int, str], path) -> None:
         log.warning("%s: its head names the labels %s, the data %s; reading output i as the data's label i — if "
                     "the teacher was trained in another order, fix its config.json id2label", path, names,
                     [wanted[i] for i in range(len(wanted))])
-
-
-def _has_head(path) -> bool:
-    """Whether the checkpoint's config says it was saved with a classification head."""
-    raw = json.loads((path / "config.json").read_text())
-    return any(a.endswith(tuple(HEADS.values())) for a in raw.get("architectures") or [])
 
 
 def is_foreign(teacher) -> bool:

@@ -204,13 +204,18 @@ def from_pretrained(
 HEADS = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 
 
+def saved_heads(path: Path) -> list[tuple[str, str]]:
+    """(task, architecture) of each classification head the checkpoint's config.json says it was saved with."""
+    raw = json.loads((path / "config.json").read_text())
+    return [(t, a) for t, suffix in HEADS.items() for a in raw.get("architectures") or [] if a.endswith(suffix)]
+
+
 def check_head_task(path: Path, task: str) -> None:
     """A checkpoint saved with a sentence classifier read as a tagger (or the reverse): with equal label counts the
     head's shapes match and it would load silently, applied where it was never trained."""
-    raw = json.loads((path / "config.json").read_text())
-    saved = [t for t, suffix in HEADS.items() for a in raw.get("architectures") or [] if a.endswith(suffix)]
-    if task in HEADS and saved and task not in saved:
-        raise DistillError(f"{path} was saved as a {saved[0]} classifier ({raw['architectures'][0]}) but the data is a "
+    saved = saved_heads(path)
+    if task in HEADS and saved and task not in {t for t, _ in saved}:
+        raise DistillError(f"{path} was saved as a {saved[0][0]} classifier ({saved[0][1]}) but the data is a "
                            f"{task} task; use a checkpoint fine-tuned for {task} classification")
 
 
