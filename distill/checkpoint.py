@@ -25,7 +25,7 @@ STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "run_config.json"  # the flat settings the run had: a resume with other settings is refused
 # trainer settings that do not change what a run computes: where and how it logs, caches, keeps checkpoints
 BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_name", "tags", "cache_dir", "keep_last",
-                         "log_every"})
+                         "log_every", "cache_max_gb"})
 # settings a resumed run may change: the bookkeeping, and how long it trains (a new epochs / max_steps
 # is honoured: the schedule is rebuilt for the new length), not what a step computes
 FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps", "allow_untrained"}  # last: a guard only

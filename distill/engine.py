@@ -14,7 +14,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.schema import TrainerConfig
-from distill.teacher_cache import TeacherCache
+from distill.teacher_cache import CACHEABLE, Layers, TeacherCache
 
 log = logging.getLogger(__name__)
 
@@ -188,18 +188,18 @@ class TeacherTargets:
     task: str
 
     def __call__(self, batch: dict, state: LoopState) -> ModelOutputs:
-        if self.cache is not None:
-            hit = self.cache.get(batch["idx"], batch["input_ids"].shape[1] if self.task == "token" else None)
-            if hit is not None:
-                return ModelOutputs(logits=hit.to(self.accelerator.device), attention_mask=batch["attention_mask"])
+        mask = batch["attention_mask"]
+        seq_len = batch["input_ids"].shape[1] if self.task == "token" else None
+        if self.cache is not None and (hit := self.cache.get(batch["idx"], mask, seq_len)) is not None:
+            return hit
         state.teacher_calls += 1
         with torch.no_grad(), self.accelerator.autocast():
             keys = getattr(self.teacher, "input_keys", MLM_INPUTS)  # a teacher with its own tokenizer: its ids
             out = self.teacher(**{k: batch[k] for k in keys if k in batch}, **self.flags)
         if self.cache is None:
             return out
-        self.cache.put(batch["idx"], out.logits)
-        return replace(out, logits=out.logits.half().float())
+        self.cache.put(batch["idx"], out, mask)
+        return self.cache.get(batch["idx"], mask, seq_len)  # what a later epoch (or a resumed run) will read
 
     def flush(self) -> None:
         if self.cache is not None:
@@ -208,18 +208,49 @@ class TeacherTargets:
 
 def teacher_targets(cfg: TrainerConfig, accelerator: Accelerator, loss: nn.Module, teacher: nn.Module | None,
                     dataset, task: str, cache_key: str | None, out: Path) -> TeacherTargets | None:
-    """None when no loss reads the teacher; a logits cache when the losses read logits only."""
+    """None when no loss reads the teacher; a cache when the losses read only what one can hold."""
     if teacher is None or not loss.uses_teacher:
         return None
     teacher = teacher.to(accelerator.device).eval().requires_grad_(False)  # never prepared: no DDP, no optimizer
     map_layers = getattr(loss, "teacher_map_layers", None)  # optional in a hand-made loss module
     cache = None
-    if cfg.teacher_cache and cache_key and loss.needs <= {"logits"} and task in ("sequence", "token"):
-        c = teacher.config.num_labels  # token rows: as long as the longest tokenized row, not max_position_embeddings
-        shape = (c,) if task == "sequence" else (max(lengths(dataset)), c)
+    if cfg.teacher_cache and cache_key and loss.needs <= CACHEABLE and task in ("sequence", "token"):
         with accelerator.main_process_first():
-            cache = TeacherCache(cfg.cache_dir or out / "teacher_cache", cache_key, len(dataset), shape)
+            cache = open_cache(cfg, loss, teacher, dataset, task, cache_key, out)
     return TeacherTargets(teacher, flags(loss.needs, map_layers() if map_layers else None), cache, accelerator, task)
+
+
+def open_cache(cfg: TrainerConfig, loss: nn.Module, teacher: nn.Module, dataset, task: str, key: str,
+               out: Path) -> TeacherCache | None:
+    """The run's teacher cache: logits (token rows as long as the longest tokenized row) and the mapped
+    layers' outputs; None, said in one line, when it would exceed ``trainer.cache_max_gb``."""
+    n = np.zeros(len(dataset), dtype=np.int64)
+    n[np.asarray(dataset["idx"])] = lengths(dataset)  # cache rows are addressed by the example's idx
+    c, needs = teacher.config.num_labels, getattr(loss, "teacher_needs", loss.needs)
+    shape = None if "logits" not in needs else (c,) if task == "sequence" else (int(n.max()), c)
+    layers = cached_layers(loss, teacher.config)
+    size = (len(dataset) * int(np.prod(shape)) * 2 if shape else 0) + (layers.bytes(n) if layers else 0)
+    if size > cfg.cache_max_gb * 1e9:
+        log.info("teacher cache off: %s for %d rows would take %.1f GB > trainer.cache_max_gb=%g; the teacher "
+                 "runs every step (raise cache_max_gb to cache it)", "/".join(sorted(needs)), len(dataset),
+                 size / 1e9, cfg.cache_max_gb)
+        return None
+    return TeacherCache(cfg.cache_dir or out / "teacher_cache", key, len(dataset), shape, layers, n.tolist())
+
+
+def cached_layers(loss: nn.Module, config) -> Layers | None:
+    """The teacher layers whose hidden states / maps / Q-K-V the losses read (a loss that does not say:
+    every layer)."""
+    L = config.num_hidden_layers
+    every = {"hidden_states": range(L + 1), "attentions": range(1, L + 1), "qkv": range(1, L + 1)}
+    kept = {}
+    for name, all_layers in every.items():
+        if name in getattr(loss, "teacher_needs", loss.needs):
+            layers = getattr(loss, "teacher_layers", lambda _: None)(name)
+            kept[name] = tuple(sorted(all_layers if layers is None else layers))
+    if not kept:
+        return None
+    return Layers(L, config.hidden_size, config.num_attention_heads, **kept)
 
 
 class MetricsLog:

@@ -31,6 +31,7 @@ from distill.model_card import write_student_card
 from distill.models.foreign import is_foreign, teacher_tokenizer
 from distill.models.hub import load_tokenizer, save_pretrained
 from distill.models.student import count_parameters
+from distill.teacher_cache import CACHEABLE
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         log.info("teacher pre-flight on validation: %s", json.dumps(check.get("metrics", {})))
     train_loader, eval_loader = loaders(cfg, tokenized, tokenizer, tcfg.seed)
     cache_key = None
-    if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= {"logits"}:
+    if engine_teacher is not None and tcfg.teacher_cache and loss.needs <= CACHEABLE:
         from distill.teacher_cache import fingerprint
         cache_key = fingerprint(teacher, tokenizer, tokenized["train"]._fingerprint, cfg.data.max_length)
     task = "mlm" if cfg.data.get("mlm") else data.task

@@ -41,6 +41,7 @@ class TrainerConfig:
     log_every: int = 10
     teacher_cache: bool = True
     cache_dir: str | None = None  # default: <run dir>/teacher_cache
+    cache_max_gb: float = 8.0  # a teacher cache larger than this (hidden states, maps) is not made: online teacher
     resume: str | None = "auto"
     load_best_at_end: bool = True
     log_with: str | None = None  # wandb | tensorboard | None
@@ -66,6 +67,7 @@ class TrainerConfig:
             (number("lr") >= 0, f"trainer.lr={self.lr} must be >= 0"),
             (0 <= number("warmup_ratio") <= 1, f"trainer.warmup_ratio={self.warmup_ratio} must be in [0, 1]"),
             (number("weight_decay") >= 0, f"trainer.weight_decay={self.weight_decay} must be >= 0"),
+            (number("cache_max_gb") >= 0, f"trainer.cache_max_gb={self.cache_max_gb} must be >= 0"),
             (self.grad_accum is None or (isinstance(self.grad_accum, int) and self.grad_accum >= 1),
              f"trainer.grad_accum={self.grad_accum!r} must be a positive integer (or null: the launcher's)"),
             (self.mixed_precision in (None, "no", "bf16", "fp16", "auto"),

@@ -11,6 +11,12 @@ from torch import nn
 
 from distill.data.collate import Collator
 from distill.engine import TrainerConfig
+from distill.losses.attention import AttentionMSE
+from distill.losses.base import CompositeLoss
+from distill.losses.hard import HardCrossEntropy
+from distill.losses.hidden import HiddenMSE
+from distill.losses.logits import LogitsKL
+from distill.losses.relation import MiniLMRelation
 from distill.models import heads
 from tests.conftest import tiny_config
 
@@ -102,4 +108,22 @@ class SignalAt(KDTestLoss):
         self.calls += 1
         if self.calls == self.n:
             os.kill(os.getpid(), self.sig)
+        return super().forward(student, teacher, batch)
+
+
+class LayerKDLoss(CompositeLoss):
+    """Logits KL + hidden MSE + attention MSE + MiniLM relations: every field a teacher cache can hold, at a
+    subset of the teacher's layers. ``signal_at=(n, sig)`` sends ``sig`` during forward call ``n``."""
+
+    def __init__(self, teacher, student, signal_at: tuple[int, int] | None = None):
+        super().__init__(logits=LogitsKL(temperature=2.0), hard=HardCrossEntropy(weight=0.5),
+                         hidden=HiddenMSE(layer_map="uniform"), attention=AttentionMSE(layer_map="uniform"),
+                         relation=MiniLMRelation(layer_map="last"))
+        self.setup(student.config, teacher.config)
+        self.signal_at, self.calls = signal_at, 0
+
+    def forward(self, student, teacher, batch):
+        self.calls += 1
+        if self.signal_at is not None and self.calls == self.signal_at[0]:
+            os.kill(os.getpid(), self.signal_at[1])
         return super().forward(student, teacher, batch)

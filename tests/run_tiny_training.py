@@ -1,11 +1,12 @@
 """Run a tiny distillation to completion, or SIGKILL itself part-way.
 
     python -m tests.run_tiny_training OUT_DIR [--kill-after-first-checkpoint] [--kill-at-batch N]
-        [--kill-in-second-checkpoint-write] [--cache DIR]
+        [--kill-in-second-checkpoint-write] [--cache DIR] [--layer-losses]
 Writes OUT_DIR/final.safetensors with the student's final weights. ``--kill-at-batch N`` dies in the
 forward of batch N (counted from this process's start); ``--kill-in-second-checkpoint-write`` dies while
 the second checkpoint is still in its temp dir (its weights file cut to half), before the rename that
-would publish it; ``--cache DIR`` turns the teacher-logit cache on.
+would publish it; ``--cache DIR`` turns the teacher cache on; ``--layer-losses`` distils hidden states, attention
+maps and Q/K/V relations too (which that cache then holds).
 """
 
 import logging
@@ -45,10 +46,13 @@ def main() -> None:
             return real_state(self, output_dir, **kwargs)
 
         accelerate.Accelerator.save_state = die_halfway
-    loss = H.SignalAt(int(args[args.index("--kill-at-batch") + 1]), signal.SIGKILL) if "--kill-at-batch" in args \
-        else H.KDTestLoss()
+    kill = (int(args[args.index("--kill-at-batch") + 1]), signal.SIGKILL) if "--kill-at-batch" in args else None
     cache = args[args.index("--cache") + 1] if "--cache" in args else None
     teacher, student = H.models(dropout=0.1)  # dropout on: the RNG state must be restored too
+    if "--layer-losses" in args:
+        loss = H.LayerKDLoss(teacher, student, signal_at=kill)
+    else:
+        loss = H.SignalAt(*kill) if kill else H.KDTestLoss()
     train_loader, val_loader = H.loaders()
     cfg = H.config(epochs=2, save_every=3, load_best_at_end=False, teacher_cache=cache is not None, cache_dir=cache)
     result = distill.engine.train(cfg, student, loss, train_loader, val_loader, out, "sequence", ["a", "b"],

@@ -1,6 +1,7 @@
 """The loop: exact resume after SIGKILL, atomic checkpoints, teacher cache, NaNs (launches: test_launch.py)."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -119,6 +120,89 @@ def test_teacher_cache_skips_teacher_in_epoch_two_with_same_losses(tmp_path):
     assert online_calls == 12 and cached_calls == 6  # 6 batches per epoch; epoch 2 reads the cache
     assert len(online) == len(cached) == 12
     assert max(abs(a - b) for a, b in zip(online, cached)) <= 1e-3
+
+
+def test_sigkill_with_layer_outputs_cached_resumes_to_identical_weights(tmp_path):
+    """Issue 18: hidden states, attention maps and Q/K/V in the cache: a run killed while epoch 0 fills it
+    resumes to the uninterrupted run's weights (rows cached before the kill are read back as fp16 in both)."""
+    full = _run(tmp_path / "full", "--cache", str(tmp_path / "cache-full"), "--layer-losses")
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert "teacher cache" in full.stderr and "hidden_states, attentions, qkv" in full.stderr
+    killed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"), "--layer-losses", "--kill-at-batch", "5")
+    assert killed.returncode == -9
+    resumed = _run(tmp_path / "resumed", "--cache", str(tmp_path / "cache"), "--layer-losses")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    a = load_file(tmp_path / "full" / "final.safetensors")
+    b = load_file(tmp_path / "resumed" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_layer_cache_hands_back_the_teachers_outputs_at_the_mapped_layers(tmp_path):
+    """Issue 18: the cache keeps only the layers the losses map (hidden 0 and 2, map 2, Q/K/V 2 of a 2-layer
+    teacher), ragged by row length; a hit equals the online teacher at real positions (fp16), zero at padding."""
+    from accelerate import Accelerator
+
+    from distill.engine import LoopState, TeacherTargets, flags, open_cache
+
+    teacher, student = H.models()
+    loss = H.LayerKDLoss(teacher, student)
+    train_loader, _ = H.loaders()
+    cache = open_cache(H.config(teacher_cache=True), loss, teacher, train_loader.dataset, "sequence", "k", tmp_path)
+    layers = cache.layers
+    assert (layers.hidden_states, layers.attentions, layers.qkv) == ((0, 2), (2,), (2,))
+    n = sum(len(r) for r in train_loader.dataset["input_ids"])
+    n2 = sum(len(r) ** 2 for r in train_loader.dataset["input_ids"])
+    assert cache.arrays["hidden_states"].shape == (n, 2, 32) and cache.arrays["attentions"].shape == (n2, 1, 4)
+    targets = TeacherTargets(teacher, flags(loss.needs), cache, Accelerator(cpu=True), "sequence")
+    state = LoopState()
+    first = [(b, targets(b, state)) for b in train_loader]
+    assert state.teacher_calls == len(train_loader) and cache.filled.all()
+    for batch, handed in first:
+        again = targets(batch, state)  # epoch 2: from the cache, identical to what epoch 1 was handed
+        with torch.no_grad():
+            online = teacher(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                             **flags(loss.needs))
+        real = batch["attention_mask"].bool()
+        cells = real[:, None, :, None] & real[:, None, None, :]
+        assert torch.equal(again.logits, handed.logits) and torch.equal(again.hidden_states[2], handed.hidden_states[2])
+        assert again.hidden_states[1] is None and again.attentions[0] is None and again.qkv[0] is None
+        torch.testing.assert_close(again.logits, online.logits.half().float())
+        for j in (0, 2):
+            torch.testing.assert_close(again.hidden_states[j], online.hidden_states[j].half().float() * real[..., None])
+        torch.testing.assert_close(again.attentions[1], online.attentions[1].half().float() * cells)
+        for got, want in zip(again.qkv[1], online.qkv[1]):
+            torch.testing.assert_close(got, want.half().float() * real[:, None, :, None])
+    assert state.teacher_calls == len(train_loader)
+
+
+def test_layer_cache_over_its_size_limit_runs_the_teacher_online(tmp_path, caplog):
+    teacher, student = H.models()
+    counting = CountingTeacher(teacher)
+    train_loader, val_loader = H.loaders()
+    with caplog.at_level(logging.INFO):
+        result = train(H.config(epochs=2, teacher_cache=True, cache_max_gb=1e-6), student,
+                       H.LayerKDLoss(teacher, student), train_loader, val_loader, tmp_path, "sequence", "ab",
+                       teacher=counting, cache_key="k")
+    assert counting.calls == result.teacher_calls == 12  # no cache: the teacher every step of both epochs
+    assert "teacher cache off: attentions/hidden_states/logits/qkv for 48 rows would take 0.0 GB > " \
+           "trainer.cache_max_gb=1e-06" in caplog.text
+
+
+def test_layer_cache_skips_the_teacher_in_epoch_two_with_the_same_losses(tmp_path):
+    def losses(name, cache):
+        teacher, student = H.models()
+        counting = CountingTeacher(teacher)
+        train_loader, val_loader = H.loaders()
+        result = train(H.config(epochs=2, teacher_cache=cache, log_every=1, load_best_at_end=False), student,
+                       H.LayerKDLoss(teacher, student), train_loader, val_loader, tmp_path / name, "sequence", "ab",
+                       teacher=counting, cache_key="k1")
+        return [h["train/loss"] for h in result.history if "train/loss" in h], counting.calls
+
+    online, online_calls = losses("online", False)
+    cached, cached_calls = losses("cached", True)
+    assert online_calls == 12 and cached_calls == 6
+    assert max(abs(a - b) / a for a, b in zip(online, cached)) <= 1e-3
 
 
 class NaNOnBatches(H.KDTestLoss):

@@ -87,6 +87,11 @@ class DistillLoss(nn.Module):
         """The teacher layers (1-based) whose attention maps this term reads; None: all of them."""
         return None
 
+    def teacher_layers(self, field: str) -> frozenset[int] | None:
+        """The teacher layers whose ``field`` this term reads (hidden_states: 0 = embeddings; attentions and
+        qkv: 1-based) — what a teacher cache keeps; None: all of them."""
+        return self.teacher_map_layers() if field == "attentions" else None
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs | None, batch: Mapping[str, Tensor]) -> Tensor:
         raise NotImplementedError
 
@@ -132,12 +137,22 @@ class CompositeLoss(nn.Module):
     def uses_teacher(self) -> bool:
         return any(term.uses_teacher for term in self.active().values())
 
+    @property
+    def teacher_needs(self) -> frozenset[str]:
+        """What the active terms read from the teacher's outputs (a teacher cache holds only these)."""
+        return frozenset().union(*(term.needs for term in self.active().values() if term.uses_teacher))
+
     def teacher_map_layers(self) -> frozenset[int] | None:
         """Union of the active terms' teacher map layers (None: every layer, or no term reads maps)."""
         wanted = [term.teacher_map_layers() for term in self.active().values() if "attentions" in term.needs]
         if not wanted or any(layers is None for layers in wanted):
             return None
         return frozenset().union(*wanted)
+
+    def teacher_layers(self, field: str) -> frozenset[int] | None:
+        """Union of the active terms' teacher layers for ``field`` (empty: no term reads it; None: all)."""
+        wanted = [term.teacher_layers(field) for term in self.active().values() if field in term.needs]
+        return None if any(layers is None for layers in wanted) else frozenset().union(*wanted)
 
     def setup(self, student_config: BertConfig, teacher_config: BertConfig | None) -> None:
         if not self.active():

@@ -56,6 +56,11 @@ class _HiddenLoss(DistillLoss):
             # kept when set up twice with the same widths: its trained weights and optimizer state survive
             self.projection = nn.Linear(hs, ht)
 
+    def teacher_layers(self, field: str) -> frozenset[int] | None:
+        if field != "hidden_states" or self.layer_map is None:
+            return None
+        return frozenset(j for _, j in self.layer_map.pairs)
+
     def select(self, h: Tensor, real: Tensor) -> Tensor:
         """(B, T, H), (B, T) bool → the rows compared, (N, H): every real token."""
         return h[real]  # (N, H)

@@ -86,6 +86,11 @@ class MiniLMRelation(DistillLoss):
         super().setup(student_config, teacher_config)
         self.layer_map, self.relation_heads = self.resolve(student_config, teacher_config)
 
+    def teacher_layers(self, field: str) -> frozenset[int] | None:
+        if field != "qkv" or self.layer_map is None:
+            return None
+        return frozenset(j for _, j in self.layer_map.pairs)
+
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: Mapping[str, Tensor]) -> Tensor:
         if self.layer_map is None:
             raise DistillError(f"{self.name} was not set up; call CompositeLoss.setup(student_config, teacher_config)")
