@@ -272,7 +272,8 @@ class MetricsLog:
 
 
 class TrainWindow:
-    """Mean training losses and samples/s since the last logged step."""
+    """Mean training losses and samples/s since the last logged step. Sums stay on the device (a step
+    never waits for the host); ``close`` reads them in one transfer."""
 
     def __init__(self):
         self.start()
@@ -280,17 +281,52 @@ class TrainWindow:
     def start(self) -> None:
         self.sums, self.count, self.seen, self.t0 = {}, 0, 0, time.perf_counter()
 
-    def add(self, values: dict, rows: int) -> None:
+    def add(self, values: dict, rows: int, finite: torch.Tensor) -> None:
+        """A step's loss parts; ``finite`` (a 0/1 tensor) 0: the step was skipped and counts nowhere."""
         for name, value in values.items():
-            self.sums[name] = self.sums.get(name, 0.0) + float(value)
-        self.count, self.seen = self.count + 1, self.seen + rows
+            value = torch.where(finite > 0, value.detach().float(), 0.0)  # a skipped step's NaN stays out
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count, self.seen = self.count + finite, self.seen + rows * finite
 
     def close(self) -> tuple[dict, float]:
         """The window's means and samples/s; a new window starts."""
-        means = {f"train/{k}": v / self.count for k, v in self.sums.items()}
-        rate = self.seen / (time.perf_counter() - self.t0)
+        names = list(self.sums)
+        count, seen, *sums = torch.stack([torch.as_tensor(self.count, dtype=torch.float32).reshape(()).cpu(),
+                                          torch.as_tensor(self.seen, dtype=torch.float32).reshape(()).cpu(),
+                                          *(self.sums[n].cpu() for n in names)]).tolist()
+        means = {f"train/{n}": v / count if count else float("nan") for n, v in zip(names, sums)}
+        rate = seen / (time.perf_counter() - self.t0)
         self.start()
         return means, rate
+
+
+@dataclass
+class NonFinite:
+    """Steps with a non-finite loss, counted on the device and read (one host sync) at log and save
+    steps. Such a step still counts, but its update is skipped on the device: AdamW's ``found_inf``, the
+    flag AMP's GradScaler uses (without a scaler: with fp16 the scaler skips it itself)."""
+
+    total: torch.Tensor  # non-finite micro-steps so far (since this process started)
+    run: torch.Tensor  # ... in a row, now
+    worst: torch.Tensor  # the longest run since the last read
+    pending: torch.Tensor  # 1 when a micro-step since the last optimizer step was not finite
+
+    @classmethod
+    def on(cls, device) -> NonFinite:
+        return cls(*(torch.zeros((), device=device) for _ in range(4)))
+
+    def add(self, finite: torch.Tensor) -> None:
+        bad = 1 - finite
+        self.total += bad
+        self.run.copy_((self.run + 1) * bad)
+        self.worst.copy_(torch.maximum(self.worst, self.run))
+        self.pending.copy_(torch.maximum(self.pending, bad))
+
+    def read(self) -> tuple[int, int]:
+        """(total, longest run since the last read) — a host sync."""
+        total, worst = torch.stack([self.total, self.worst]).tolist()
+        self.worst.copy_(self.run)
+        return int(total), int(worst)
 
 
 @dataclass
@@ -363,26 +399,48 @@ class Loop:
     evaluation: Evaluation | None
     metrics_log: MetricsLog
     save: Checkpoints
+    nonfinite: NonFinite | None = None  # None: made on the accelerator's device
+    nonfinite_seen: int = 0  # of nonfinite.total, already in LoopState.nonfinite
 
-    def step(self, batch: dict, state: LoopState) -> dict | None:
-        """Forward, backward and (at an accumulation boundary) an optimizer step; the loss parts, or
-        None when the loss was not finite on some process (every process then skips the batch)."""
+    def __post_init__(self) -> None:
+        if self.nonfinite is None:
+            self.nonfinite = NonFinite.on(self.accelerator.device)
+
+    def step(self, batch: dict, state: LoopState) -> tuple[dict, torch.Tensor]:
+        """Forward, backward and (at an accumulation boundary) an optimizer step; the loss parts and a
+        0/1 tensor, 0 when the loss was not finite on some process (every process then skips the update)."""
         with self.accelerator.accumulate(self.module):
             teacher_out = self.targets(batch, state) if self.targets is not None else None
             loss, parts = self.module(batch, teacher_out)
-            if self.accelerator.reduce(torch.isfinite(loss.detach()).float(), "min").item() == 0:
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
+            finite = self.accelerator.reduce(torch.isfinite(loss.detach()).float(), "min")  # no host sync
+            self.nonfinite.add(finite)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
                 self.accelerator.clip_grad_norm_(self.module.parameters(), self.cfg.max_grad_norm)
+            if self.accelerator.scaler is None:
+                inner = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds it
+                inner.found_inf = self.nonfinite.pending  # read by fused AdamW's step: skipped when 1
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return {"loss": loss.detach(), **parts}
+            if self.accelerator.sync_gradients:
+                self.nonfinite.pending.zero_()
+        return {"loss": loss.detach(), **parts}, finite
+
+    def check_nonfinite(self, state: LoopState) -> None:
+        """Read the device's non-finite count: warn, and stop after ``max_nonfinite`` in a row."""
+        total, worst = self.nonfinite.read()
+        new, state.nonfinite = total - self.nonfinite_seen, state.nonfinite + total - self.nonfinite_seen
+        self.nonfinite_seen = total
+        if new:
+            log.warning("%d non-finite loss(es) by step %d: those updates were skipped (%d in a row at most)",
+                        new, state.global_step, worst)
+        if worst >= self.cfg.max_nonfinite:
+            raise DistillError(f"{worst} non-finite losses in a row by step {state.global_step}; lower trainer.lr, "
+                               "use mixed_precision=bf16 instead of fp16, or check the data for empty rows")
 
     def run(self, state: LoopState, bar: tqdm) -> None:
-        cfg, stop, in_a_row, window = self.cfg, False, 0, TrainWindow()
+        cfg, stop, window = self.cfg, False, TrainWindow()
         rows = 1 if cfg.split_batches else self.accelerator.num_processes  # rows a batch holds, summed over processes
         with StopRequest() as stop_request:
             while state.global_step < self.total and not stop:
@@ -392,13 +450,8 @@ class Loop:
                 for batch in self.accelerator.skip_first_batches(self.loader, skip) if skip else self.loader:
                     state.batches_in_epoch += 1
                     self.loss.set_progress(state.global_step, self.total)
-                    parts = self.step(batch, state)
-                    if parts is None:
-                        state.nonfinite, in_a_row = state.nonfinite + 1, in_a_row + 1
-                        self.nonfinite_warning(state, in_a_row)
-                        continue
-                    in_a_row = 0
-                    window.add(parts, batch["input_ids"].shape[0] * rows)
+                    parts, finite = self.step(batch, state)
+                    window.add(parts, batch["input_ids"].shape[0] * rows, finite)
                     if not self.accelerator.sync_gradients:
                         continue
                     state.global_step += 1
@@ -406,16 +459,22 @@ class Loop:
                     stop = self.after_step(state, window, bar)
                     if stop or state.global_step >= self.total:
                         break
-                    if stop_request.agreed(self.accelerator):  # Ctrl-C / SIGTERM: a checkpoint here, then one line
+                    # Ctrl-C / SIGTERM: a checkpoint here, then one line (several processes agree at log steps:
+                    # asking the others is a host sync)
+                    if (rows == 1 or self.is_log_step(state)) and stop_request.agreed(self.accelerator):
                         self.interrupted(state)
-                else:  # the loader ran out (possible when non-finite steps were skipped)
+                else:  # the loader ran out
                     if state.batches_in_epoch:
                         state.epoch, state.batches_in_epoch = state.epoch + 1, 0
+
+    def is_log_step(self, state: LoopState) -> bool:
+        return state.global_step % self.cfg.log_every == 0 or state.global_step == self.total
 
     def after_step(self, state: LoopState, window: TrainWindow, bar: tqdm) -> bool:
         """Log, evaluate, close the epoch, checkpoint — each when its setting says; True: stop early."""
         cfg, step, stop = self.cfg, state.global_step, False
-        if step % cfg.log_every == 0 or step == self.total:
+        if self.is_log_step(state):
+            self.check_nonfinite(state)
             values, rate = window.close()
             values.update({"train/lr": self.scheduler.get_last_lr()[0], "train/samples_per_s": rate,
                            "train/nonfinite": state.nonfinite})
@@ -427,16 +486,12 @@ class Loop:
         if end_of_epoch:
             state.epoch, state.batches_in_epoch = state.epoch + 1, 0
         if step % cfg.save_every == 0 if cfg.save_every else end_of_epoch:
+            self.check_nonfinite(state)
             self.save(state)
         return stop
 
-    def nonfinite_warning(self, state: LoopState, in_a_row: int) -> None:
-        log.warning("non-finite loss at step %d skipped (%d in a row)", state.global_step, in_a_row)
-        if in_a_row >= self.cfg.max_nonfinite:
-            raise DistillError(f"{in_a_row} non-finite losses in a row at step {state.global_step}; lower trainer.lr, "
-                               "use mixed_precision=bf16 instead of fp16, or check the data for empty rows")
-
     def interrupted(self, state: LoopState) -> None:
+        self.check_nonfinite(state)
         if self.targets is not None:
             self.targets.flush()
         self.save(state)
@@ -515,6 +570,7 @@ def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_me
         loop.targets.flush()
     if loop.evaluation is not None and state.eval_step != state.global_step:
         loop.evaluation(state, loop.metrics_log)
+    loop.check_nonfinite(state)
     loop.save(state)
     if loop.cfg.load_best_at_end and (out / "best").is_dir():
         from distill.models.hub import load_state_dict, load_weights
