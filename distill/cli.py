@@ -3,9 +3,11 @@
     distill train recipe=NAME [key=value ...]      one training run (KD or fine-tuning), Hydra overrides
     distill pipeline recipe=NAME [key=value ...]   fine-tune teacher → distill → no-KD baseline → compare → export
     distill compare run=RUN_DIR | teacher=DIR students=[DIR,...] [baseline=DIR] data=NAME [out=DIR] [threads=N]
-                    [max_length=N]
+                    [max_length=N] [teacher_onnx=true|false]  (default: the teacher is also exported and
+                    timed in onnxruntime, fp32 and int8, when a student is an .onnx file)
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
-                   [max_length=N]  (default: the run's or data's data.max_length)
+                   [max_length=N]  (default: the run's or data's data.max_length) [optimize=false]  (no
+                   onnxruntime transformer fusions)
     distill predict model=DIR|RUN_DIR|FILE.onnx input=FILE.csv|.tsv|.jsonl|.txt|- [output=preds.csv]
                     [text_column=text] [max_length=N] [batch_size=32]  labels (+ probabilities) per row
     distill recipes                                 list the ready recipes
@@ -259,7 +261,8 @@ def compare_cmd(args: list[str]) -> None:
         (data, max_length), out = _data(kv["data"], kv), kv.get("out", "compare")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline=baseline,
                      measure=Measure(split=kv.get("split"), threads=int(kv["threads"]) if "threads" in kv else None,
-                                     max_length=int(kv.get("max_length", max_length))))
+                                     max_length=int(kv.get("max_length", max_length)),
+                                     teacher_onnx=bool(kv["teacher_onnx"]) if "teacher_onnx" in kv else None))
     print(markdown_table(report))
     for line in report["notes"]:
         print(f"- {line}")
@@ -301,7 +304,7 @@ def export_cmd(args: list[str]) -> None:
     elif trim:
         raise DistillError("trim_vocab=true needs the training texts: add data=NAME (or use run=RUN_DIR)")
     for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data,
-                       max_length=int(kv.get("max_length", max_length))):
+                       max_length=int(kv.get("max_length", max_length)), optimize=bool(kv.get("optimize", True))):
         print(summary_line(line))
 
 

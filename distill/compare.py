@@ -3,7 +3,10 @@
 ``compare`` writes ``report.md``, ``report.json`` and PNGs (the teacher pre-flight it reports is
 ``distill.preflight``'s, the check training runs before distilling).
 
-Ratios are all "model / teacher" except ``speedup_p50`` (teacher p50 / model p50, > 1 = faster).
+Ratios are all "model / teacher" except ``speedup_p50`` (teacher p50 / model p50, > 1 = faster) and
+``speedup_same_runtime`` (the same, against the teacher in the model's runtime: with ONNX models among
+those compared, the teacher is exported too — onnxruntime fp32 and int8, optimized as ``distill export``
+writes them — so an ONNX student is timed against an ONNX teacher).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 from distill import evaluate as ev
 from distill import plots
 from distill.errors import DistillError
+from distill.export_formats import CHECK_ROWS
 from distill.preflight import ModelRef, check_labels, eval_split, load, preflight_from_predictions
 from distill.report import notes, render_markdown
 
@@ -71,6 +75,41 @@ def size_and_params(model, info: dict) -> dict:
     return {"size_bytes": size, "params": count_parameters(model)}
 
 
+def _is_onnx(ref) -> bool:
+    return not isinstance(ref, torch.nn.Module) and Path(ref).suffix == ".onnx"
+
+
+def onnx_precision(path) -> str:
+    """"int8" for a graph with 8-bit weights (onnxruntime's quantizer wrote it), else "fp32"."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    eight_bit = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8}
+    return "int8" if any(t.data_type in eight_bit for t in graph.initializer) else "fp32"
+
+
+def teacher_exports(ref, name: str, task: str, dataset, out: Path, measure: Measure) -> dict[str, str]:
+    """The teacher as ``distill export`` writes it (onnxruntime's fusions, parity checked on the split's
+    rows) in fp32 and int8 → {"<name> (ONNX fp32)": path, "<name> (ONNX int8)": path}; {} with one log line
+    when it does not export (e.g. an ensemble)."""
+    from distill.export_formats import export_onnx, parity_batches, quantize_int8
+
+    model = load(ref, task, measure.threads)[2]
+    if model is None:  # an ONNX teacher: compare() stops on it with its own message
+        return {}
+    step = max(1, len(dataset) // CHECK_ROWS)
+    example, checks, _ = parity_batches([dataset[i] for i in range(0, len(dataset), step)][:CHECK_ROWS])
+    fp32, int8 = out / "onnx" / "model.onnx", out / "int8" / "model.onnx"
+    log.info("compare: exporting %s to ONNX (%s) to time it in onnxruntime as well", name, out)
+    try:
+        export_onnx(model, fp32, example, checks, measure.threads)
+        quantize_int8(fp32, int8)
+    except Exception as e:  # extra rows: the compare stands without them
+        log.warning("compare: %s does not export to ONNX (%s: %s); timed in PyTorch only", name, type(e).__name__, e)
+        return {}
+    return {f"{name} (ONNX fp32)": str(fp32), f"{name} (ONNX int8)": str(int8)}
+
+
 # ---------------------------------------------------------------- compare
 
 
@@ -89,6 +128,7 @@ class Measure:
     repeats: int = 50
     batch_size: int = 32
     min_kappa: float = 0.1
+    teacher_onnx: bool | None = None  # the teacher in onnxruntime too; None: when another model is an ONNX file
 
 
 def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = None,
@@ -115,10 +155,17 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
     shared = (dataset, *latency_inputs(tokenizer, dataset, latency_texts, measure.max_length))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    onnx_teacher = {}
+    if measure.teacher_onnx or (measure.teacher_onnx is None and any(map(_is_onnx, models.values()))):
+        onnx_teacher = teacher_exports(models[teacher], teacher, task, dataset, out / "teacher_export", measure)
+    if onnx_teacher:  # listed right after the teacher
+        models = {teacher: models[teacher], **onnx_teacher, **{n: r for n, r in models.items() if n != teacher}}
 
     results, preds, preflight = {}, {}, None
     for name, ref in models.items():
         forward, info, model = load(ref, task, measure.threads)
+        if model is None:
+            info["precision"] = onnx_precision(ref)
         inputs = _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_texts, measure)
         log.info("compare: evaluating %s (%s)", name, info["runtime"])
         preds[name] = ev.predict(forward, inputs[0], task, measure.batch_size)
@@ -130,9 +177,11 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
             preflight = preflight_from_predictions(preds[name], model.config, label_names, measure.min_kappa)
         del model, forward
     _relative_to(results, preds, teacher, baseline, label_names, measure.seed)
+    _same_runtime(results, teacher, next(iter(onnx_teacher), None))
 
     report = {
         "task": task, "metric": ev.main_metric(task), "teacher": teacher, "baseline": baseline,
+        "teacher_onnx": list(onnx_teacher),
         "label_names": label_names,
         "settings": {"n_rows": len(dataset), "n_units": int(len(preds[teacher].y_true)),
                      "unit": "word" if task == "token" else "row", "n_boot": measure.n_boot, "seed": measure.seed,
@@ -185,6 +234,14 @@ def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None,
         r["mcnemar"] = {other: ev.mcnemar(preds[name].correct, preds[other].correct) for other in others}
         r["paired_bootstrap"] = {other: ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
                                  for other in others}
+
+
+def _same_runtime(results: dict, teacher: str, onnx_teacher: str | None) -> None:
+    """Each model's speed-up over the teacher in its own runtime: PyTorch, or onnxruntime fp32 for every
+    ONNX model (fp32 and int8 alike, as the export targets are set); None without an ONNX teacher."""
+    for r in results.values():
+        ref = results[teacher] if r["runtime"] == "pytorch" else results.get(onnx_teacher)
+        r["speedup_same_runtime"] = None if ref is None else _ratio(ref["latency"]["p50_ms"], r["latency"]["p50_ms"])
 
 
 def _write(report: dict, out: Path, curves) -> dict:

@@ -3,9 +3,9 @@
 ``export(model_dir, out_dir, formats, ...)`` writes ``out_dir/<format>/`` for
   * ``hf``: save_pretrained layout + tokenizer, ``id2label`` = the data's label names; reloaded with
     transformers' Auto* class (no missing/unexpected keys) and compared logit for logit;
-  * ``onnx``: dynamic batch and sequence axes; onnxruntime vs PyTorch on inputs whose shapes differ
-    from the export example;
-  * ``int8``: onnxruntime dynamic quantization of the ONNX graph; the metric change on the
+  * ``onnx``: dynamic batch and sequence axes, onnxruntime's transformer fusions applied (``optimize``);
+    onnxruntime vs PyTorch on inputs whose shapes differ from the export example;
+  * ``int8``: onnxruntime dynamic quantization of the (optimized) ONNX graph; the metric change on the
     validation split and the latency change are reported (the logits are *meant* to move);
   * ``torchscript``: a trace, reloaded and compared on other shapes;
 and a model card ``README.md``. With ``trim_vocab`` every format is built from the trimmed model.
@@ -29,6 +29,7 @@ from distill.export_formats import (
     export_int8,
     export_onnx,
     export_torchscript,
+    fused_ops_text,
     parity_inputs,
     task_of,
 )
@@ -80,13 +81,14 @@ class _Inputs:
     threads: int
 
 
-def _export_one(fmt: str, model, tokenizer, out: Path, inputs: _Inputs, onnx_too: bool) -> dict:
+def _export_one(fmt: str, model, tokenizer, out: Path, inputs: _Inputs, onnx_too: bool, optimize: bool) -> dict:
     """One format into ``out/fmt``, verified; every dir carries what it needs to run (tokenizer, labels)."""
     target = out / fmt
     if fmt == "hf":
         return export_hf(model, tokenizer, target, inputs.checks)
     if fmt == "onnx":
-        result = export_onnx(model, target / "model.onnx", inputs.example, inputs.checks, inputs.threads)
+        result = export_onnx(model, target / "model.onnx", inputs.example, inputs.checks, inputs.threads,
+                             optimize=optimize)
     elif fmt == "torchscript":
         result = export_torchscript(model, target / "model.pt", inputs.example, inputs.checks)
     else:  # int8: quantizes the fp32 ONNX file, exported first when onnx is not among the formats
@@ -94,7 +96,7 @@ def _export_one(fmt: str, model, tokenizer, out: Path, inputs: _Inputs, onnx_too
         temp = not onnx_too or not fp32.is_file()
         if temp:
             fp32 = target / "fp32-tmp" / "model.onnx"
-            export_onnx(model, fp32, inputs.example, inputs.checks, inputs.threads)
+            export_onnx(model, fp32, inputs.example, inputs.checks, inputs.threads, optimize=optimize)
         result = export_int8(model, fp32, target / "model.onnx", inputs.checks, inputs.rows, inputs.eval_split,
                              inputs.names, inputs.threads)
         if temp:
@@ -119,13 +121,14 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
            trim_vocab: bool = False, texts: Sequence[str] | None = None, eval_data=None, *,
            label_names: Sequence[str] | None = None, recipe: str | Mapping | None = None,
            compare_report: str | os.PathLike | Mapping | None = None, threads: int = 1,
-           max_length: int = 128) -> list[dict]:
+           max_length: int = 128, optimize: bool = True) -> list[dict]:
     """Export ``model_dir`` into ``out_dir/<format>/`` and return one verified result per format.
 
     ``texts``: the training corpus (vocabulary trimming) and real inputs for the parity checks;
     ``eval_data``: TaskData (or a tokenized validation split when not trimming) for the int8 metric
     change; ``label_names`` override the data's; ``recipe``/``compare_report`` go into the model card;
-    ``max_length``: the run's ``data.max_length`` (evaluation and parity inputs are cut there).
+    ``max_length``: the run's ``data.max_length`` (evaluation and parity inputs are cut there);
+    ``optimize``: onnxruntime's transformer fusions on the ONNX graph (int8 is quantized from it).
     """
     from distill.model_card import write_model_card
 
@@ -160,7 +163,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     inputs = _Inputs(example, checks, rows, eval_split, names, threads)
     for fmt in formats:
         log.info("export: %s", fmt)
-        results.append({"format": fmt, **_export_one(fmt, model, tokenizer, out, inputs, "onnx" in formats)})
+        results.append({"format": fmt, **_export_one(fmt, model, tokenizer, out, inputs, "onnx" in formats, optimize)})
     card = write_model_card(out, model, names, results, recipe=recipe, compare_report=compare_report,
                             student_results=[] if trim_vocab else _card_results(Path(resolve(model_dir))))
     if (out / "hf").is_dir():
@@ -181,4 +184,6 @@ def summary_line(result: dict) -> str:
         extra = f"  {result['metric']} {100 * result['metric_change']:+.2f} pts"
     with contextlib.suppress(KeyError, TypeError):
         extra = f"  max|Δlogit| {result['parity_max_abs_diff']:.1e}" + extra
+    if result.get("fused_ops"):
+        extra += "  fused: " + fused_ops_text(result["fused_ops"])
     return f"{result['format']:12s} {size}{extra}  {result['path']}"

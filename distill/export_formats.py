@@ -69,7 +69,12 @@ def parity_inputs(tokenizer, texts: Sequence[str], max_length: int = 128, max_ro
     texts = list(texts)
     spread = texts[:: max(1, len(texts) // max_rows)][:max_rows] + ([max(texts, key=len)] if texts else [])
     enc = tokenizer(spread, truncation=True, max_length=max_length)
-    rows = [dict(zip(enc, vals)) for vals in zip(*enc.values())]
+    return parity_batches([dict(zip(enc, vals)) for vals in zip(*enc.values())])
+
+
+def parity_batches(rows: Sequence[dict]):
+    """Tokenized rows → (export example, checks, rows) as :func:`parity_inputs` describes them."""
+    rows = [{k: r[k] for k in INPUTS if k in r} for r in rows]
     rows = (rows * 4)[: max(4, len(rows))]  # at least 4 rows: 2 for the example, more for checks
     example = ev.pad_rows(rows[:2])
     checks = [b for b in ev.batches(rows, 3) if tuple(b["input_ids"].shape) != tuple(example["input_ids"].shape)]
@@ -124,9 +129,32 @@ def export_hf(model, tokenizer, out: Path, checks) -> dict:
             "loads_with": auto.__name__}
 
 
-def export_onnx(model, path: Path, example: dict, checks, threads: int = 1, opset: int = 17) -> dict:
-    """ONNX with dynamic (batch, sequence) axes, checked with onnxruntime on other shapes."""
+def export_onnx(model, path: Path, example: dict, checks, threads: int = 1, opset: int = 17,
+                optimize: bool = True) -> dict:
+    """ONNX with dynamic (batch, sequence) axes, with onnxruntime's transformer fusions when ``optimize``;
+    the graph written is checked with onnxruntime against PyTorch on other shapes."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _torch_onnx(model, path, example, opset)
+    reference = ev.torch_forward(model)
+    fused = _fused_copy(path, model.config) if optimize else None
+    if fused is not None:  # the parity check runs on the graph that ships: the optimized one
+        diff = max_diff(reference, ev.onnx_forward(str(fused[0]), threads), checks)
+        if diff <= TOLERANCE["onnx"]:
+            fused[0].replace(path)
+        else:
+            log.warning("export: the optimized graph is off by max |Δlogit| %.1e; keeping the unoptimized one", diff)
+            fused[0].unlink()
+            fused = None
+    if fused is None:
+        diff = max_diff(reference, ev.onnx_forward(str(path), threads), checks)
+    shapes = [list(b["input_ids"].shape) for b in checks]
+    return {"path": str(path), "size_bytes": _size(path, path.with_name(path.name + ".data")),
+            **_verified("onnx", diff, shapes), "example_shape": list(example["input_ids"].shape), "opset": opset,
+            "optimized": fused is not None, "fused_ops": fused[1] if fused else {}}
+
+
+def _torch_onnx(model, path: Path, example: dict, opset: int) -> None:
+    """torch.onnx.export of the logits, dynamic (batch, sequence) axes."""
     wrapped = LogitsOnly(model)
     args = tuple(example[k] for k in INPUTS)
     axes = {k: {0: "batch", 1: "sequence"} for k in INPUTS}
@@ -141,10 +169,33 @@ def export_onnx(model, path: Path, example: dict, checks, threads: int = 1, opse
         batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
         torch.onnx.export(wrapped, args, str(path), input_names=INPUTS, output_names=["logits"], dynamo=True,
                           dynamic_shapes={k: {0: batch, 1: seq} for k in INPUTS}, external_data=False)
-    diff = max_diff(ev.torch_forward(model), ev.onnx_forward(str(path), threads), checks)
-    shapes = [list(b["input_ids"].shape) for b in checks]
-    return {"path": str(path), "size_bytes": _size(path, path.with_name(path.name + ".data")),
-            **_verified("onnx", diff, shapes), "example_shape": list(example["input_ids"].shape), "opset": opset}
+
+
+def _fused_copy(path: Path, config) -> tuple[Path, dict[str, int]] | None:
+    """onnxruntime's transformer optimizer (attention, Add + LayerNorm, GELU and embedding fusions) on
+    ``path``, written beside it → (that file, fused-op counts); None, with one log line, when it fails."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fused_path = path.with_name(f"{path.stem}.optimized{path.suffix}")
+    logging.disable(logging.INFO)  # it logs every fusion step at INFO; its warnings still show
+    try:
+        optimized = optimize_model(str(path), model_type="bert", hidden_size=getattr(config, "hidden_size", 0),
+                                   num_heads=getattr(config, "num_attention_heads", 0))
+        optimized.save_model_to_file(str(fused_path))
+        counts = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    except Exception as e:  # a best-effort pass: the exported graph is exact without it
+        log.warning("export: onnxruntime's transformer optimizer failed (%s: %s); keeping the unoptimized graph",
+                    type(e).__name__, e)
+        return None
+    finally:
+        logging.disable(logging.NOTSET)
+    log.info("export: onnxruntime's optimizer fused %s", fused_ops_text(counts) or "nothing")
+    return fused_path, counts
+
+
+def fused_ops_text(counts: dict[str, int]) -> str:
+    """{"Attention": 6, ...} → "6 Attention, ..."."""
+    return ", ".join(f"{n} {op}" for op, n in counts.items())
 
 
 @contextlib.contextmanager
@@ -160,14 +211,21 @@ def _quiet_root_logger():
         root.removeFilter(silence)
 
 
-def export_int8(model, fp32_path: Path, path: Path, checks, rows, eval_split=None, label_names=None,
-                threads: int = 1) -> dict:
-    """onnxruntime dynamic int8 quantization; metric and latency change vs the fp32 PyTorch model."""
+def quantize_int8(fp32_path: Path, path: Path) -> None:
+    """onnxruntime dynamic int8 quantization of an fp32 ONNX file (optimized or not)."""
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_root_logger():
-        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8)
+    with _quiet_root_logger():  # ONNX shape inference cannot type the outputs of fused (contrib) ops: float
+        quantize_dynamic(str(fp32_path), str(path), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+
+def export_int8(model, fp32_path: Path, path: Path, checks, rows, eval_split=None, label_names=None,
+                threads: int = 1) -> dict:
+    """onnxruntime dynamic int8 quantization; metric and latency change vs the fp32 PyTorch model."""
+    quantize_int8(fp32_path, path)
     fp32, int8 = ev.torch_forward(model), ev.onnx_forward(str(path), threads)
     agree = [bool(torch.equal(fp32(b).argmax(-1), int8(b).argmax(-1))) for b in checks]
     result = {"path": str(path), "size_bytes": _size(path), "parity_max_abs_diff": max_diff(fp32, int8, checks),

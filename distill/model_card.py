@@ -8,6 +8,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from distill.export_formats import fused_ops_text
 from distill.models.student import count_parameters
 
 
@@ -32,6 +33,8 @@ def _exports_table(results: Sequence[dict]) -> list[str]:
         check = f"max abs logit diff vs PyTorch {r['parity_max_abs_diff']:.1e}"
         if r.get("parity_tolerance") is not None:
             check += f" (≤ {r['parity_tolerance']:g} on shapes {r['checked_shapes']})"
+        if r.get("fused_ops"):
+            check += f"; onnxruntime's transformer fusions: {fused_ops_text(r['fused_ops'])}"
         if r["format"] == "int8":
             check += f"; p50 latency {r['speedup_vs_fp32']:.2f}× faster than fp32 PyTorch ({r['threads']} thread(s))"
             if r.get("metric_change") is not None:

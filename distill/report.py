@@ -37,7 +37,16 @@ def notes(report: dict) -> list[str]:
     runtimes = " and ".join(sorted({r["runtime"] for r in models.values()}))
     lines.append(f"Latency: CPU, {runtimes}, {s['threads']} thread(s), same process and setting for every model; "
                  f"batch 1 p50/p90 over {s['repeats']} calls after {s['warmup']} warm-up calls; rows/s at batch 32.")
+    if report.get("teacher_onnx"):
+        lines.append(f"Speed-up, same runtime: the teacher's p50 in the model's runtime over the model's — PyTorch, or "
+                     f"{report['teacher_onnx'][0]} (exported and optimized as `distill export` writes it) for every "
+                     "ONNX row, fp32 and int8 alike.")
     return lines
+
+
+def _runtime(r: dict) -> str:
+    """"pytorch", "onnxruntime fp32" or "onnxruntime int8" ("–" in a report saved without it)."""
+    return " ".join(str(r[k]) for k in ("runtime", "precision") if k in r) or "–"
 
 
 def _pct(x: float | None) -> str:
@@ -48,8 +57,10 @@ def table(report: dict) -> str:
     """The per-model markdown table (also used by the export model card)."""
     metric_keys = list(next(iter(report["models"].values()))["metrics"])
     key, teacher, baseline = report["metric"], report["teacher"], report["baseline"]
+    same = bool(report.get("teacher_onnx"))
     head = ["model", *[f"{k} (95% CI)" for k in metric_keys], f"retention ({key})", "agree w/ teacher",
-            "params (non-emb)", "size MB", "p50 / p90 ms", "rows/s @32", "speed-up", "size ratio",
+            "params (non-emb)", "size MB", "runtime", "p50 / p90 ms", "rows/s @32", "speed-up",
+            *(["speed-up, same runtime"] if same else []), "size ratio",
             "McNemar p vs teacher"] + ([f"vs {baseline}"] if baseline else [])
     rows = []
     for name, r in report["models"].items():
@@ -60,8 +71,10 @@ def table(report: dict) -> str:
             *[f"{_pct(m['value'])} ({_pct(m['ci95'][0])}–{_pct(m['ci95'][1])})" for m in r["metrics"].values()],
             f"{_pct(r['retention'][key])}%", f"{_pct(r['agreement_with_teacher'])}%",
             f"{r['params']['total'] / 1e6:.2f}M ({'–' if non_emb is None else f'{non_emb / 1e6:.2f}M'})",
-            f"{r['size_bytes'] / 2**20:.2f}", f"{r['latency']['p50_ms']:.1f} / {r['latency']['p90_ms']:.1f}",
-            f"{r['latency']['throughput_per_s']:.0f}", f"{r['speedup_p50']:.2f}×", f"{r['size_ratio']:.2f}×",
+            f"{r['size_bytes'] / 2**20:.2f}", _runtime(r),
+            f"{r['latency']['p50_ms']:.2f} / {r['latency']['p90_ms']:.2f}",
+            f"{r['latency']['throughput_per_s']:.0f}", f"{r['speedup_p50']:.2f}×",
+            *([f"{r['speedup_same_runtime']:.2f}×"] if same else []), f"{r['size_ratio']:.2f}×",
             *["–" if t is None else f"{t['p_value']:.3g}" for t in tests],
         ]
         rows.append(cells)

@@ -242,3 +242,38 @@ def test_latency_figures_are_the_percentiles_of_the_timed_calls(monkeypatch):
     got = ev.measure_latency(forward, singles, big, threads=1, warmup=3, repeats=10)
     assert got["p50_ms"] == pytest.approx(5.5) and got["p90_ms"] == pytest.approx(9.1)
     assert got["throughput_per_s"] == pytest.approx(2000.0) and got["batch_size"] == 32
+
+
+def test_onnx_students_are_timed_against_the_teacher_in_onnxruntime(tmp_path):
+    from distill.export_formats import export_onnx, parity_inputs
+
+    tok, texts = _seq_data(60)
+    teacher = tiny_model(seed=0, initializer_range=0.2)
+    rows = sequence_rows(tok, texts, [0] * len(texts))
+    rows = sequence_rows(tok, texts, ev.predict(ev.torch_forward(teacher), rows, "sequence").y_pred)
+    student = tiny_model(seed=2, initializer_range=0.2)
+    example, checks, _ = parity_inputs(tok, texts)
+    student_onnx = export_onnx(student, tmp_path / "student" / "model.onnx", example, checks)["path"]
+    report = compare({"teacher": teacher, "kd": student, "kd onnx": student_onnx}, tok, rows, task="sequence",
+                     label_names=["negative", "positive"], out_dir=tmp_path / "report", measure=FAST)
+    models = report["models"]
+    assert list(models) == ["teacher", "teacher (ONNX fp32)", "teacher (ONNX int8)", "kd", "kd onnx"]
+    assert report["teacher_onnx"] == ["teacher (ONNX fp32)", "teacher (ONNX int8)"]
+    assert [(m["runtime"], m.get("precision")) for m in models.values()] == [
+        ("pytorch", None), ("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("pytorch", None), ("onnxruntime", "fp32")]
+    onnx_teacher = models["teacher (ONNX fp32)"]
+    assert onnx_teacher["metrics"]["accuracy"]["value"] == 1.0  # parity: the teacher's own answers
+    assert onnx_teacher["path"] == str(tmp_path / "report" / "teacher_export" / "onnx" / "model.onnx")
+    for name, ref in (("kd onnx", onnx_teacher), ("teacher (ONNX int8)", onnx_teacher), ("kd", models["teacher"])):
+        same = ref["latency"]["p50_ms"] / models[name]["latency"]["p50_ms"]
+        assert models[name]["speedup_same_runtime"] == pytest.approx(same)
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert re.search(r"^\| teacher \(ONNX fp32\) +\|.*\| onnxruntime fp32 +\|", md, re.M)
+    assert re.search(r"^\| teacher \(ONNX int8\) +\|.*\| onnxruntime int8 +\|", md, re.M)
+    assert "speed-up, same runtime" in md and "Speed-up, same runtime: " in md
+
+    off = compare({"teacher": teacher, "kd onnx": student_onnx}, tok, rows, task="sequence",
+                  label_names=["negative", "positive"], out_dir=tmp_path / "off",
+                  measure=replace(FAST, teacher_onnx=False))
+    assert list(off["models"]) == ["teacher", "kd onnx"] and off["teacher_onnx"] == []
+    assert "same runtime" not in (tmp_path / "off" / "report.md").read_text()

@@ -43,8 +43,12 @@ class BertEmbeddings(nn.Module):
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         T = input_ids.shape[1]
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
-        x = x + self.position_embeddings.weight[:T]  # (T, H) broadcast over the batch
-        return self.dropout(self.LayerNorm(x))
+        if torch.onnx.is_in_onnx_export():  # the same rows gathered by position id: the graph onnxruntime fuses
+            positions = torch.arange(T, device=input_ids.device).unsqueeze(0).expand_as(input_ids)  # (B, T)
+            pos = self.position_embeddings(positions)  # (B, T, H)
+        else:
+            pos = self.position_embeddings.weight[:T]  # (T, H) broadcast over the batch
+        return self.dropout(self.LayerNorm(x + pos))
 
 
 class BertSelfAttention(nn.Module):
@@ -67,6 +71,8 @@ class BertSelfAttention(nn.Module):
     def forward(self, x: Tensor, bias: Tensor, packing: Packing, need_map: bool, need_qkv: bool):
         """x (N, H) packed tokens, bias (B, 1, 1, T) → context (N, H), map (B, nh, T, T) | None,
         qkv (each (B, nh, T, d)) | None."""
+        if torch.onnx.is_in_onnx_export() and not (need_map or need_qkv):
+            return self._export_graph(x, bias, packing), None, None
         B, T, H = packing.B, packing.T, x.shape[-1]
         # One GEMM instead of three: the (3H, H) weight is concatenated on the fly (cheap next to
         # the matmul). On the explicit path 1/√d is folded into the query weight, which saves a
@@ -89,6 +95,21 @@ class BertSelfAttention(nn.Module):
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         ctx = ctx.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, d) → (B, T, H)
         return packing.pack(ctx), probs, ((q, k, v) if need_qkv else None)
+
+    def _export_graph(self, x: Tensor, bias: Tensor, packing: Packing) -> Tensor:
+        """The same attention as three projections and ``softmax(q kᵀ / √d + mask) v``, as transformers'
+        eager BERT writes it: the graph onnxruntime's optimizer fuses into one Attention node (it
+        recognises neither the fused Q/K/V projection nor SDPA's decomposition)."""
+        B, T, H = packing.B, packing.T, x.shape[-1]
+        x = packing.unpack(x)  # (B, T, H)
+
+        def heads(t: Tensor) -> Tensor:  # (B, T, H) → (B, nh, T, d)
+            return t.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+
+        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim) + bias  # (B, nh, T, T)
+        ctx = torch.matmul(torch.softmax(scores, dim=-1), v)  # (B, nh, T, d)
+        return packing.pack(ctx.transpose(1, 2).reshape(B, T, H))
 
 
 class BertSelfOutput(nn.Module):
