@@ -75,7 +75,8 @@ def load_config(path: Path, **overrides) -> BertConfig:
         raise DistillError(
             f"{file} has model_type={raw.get('model_type')!r}; distill loads BERT checkpoints only"
         )
-    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in BertConfig().to_dict())
+    known = {*BertConfig().to_dict(), "num_labels"}  # num_labels: a constructor argument, saved as id2label
+    unknown = sorted(k for k, v in overrides.items() if v is not None and k not in known)
     if unknown:  # BertConfig keeps any keyword as an attribute: a typo or a builder's option would pass unseen
         raise DistillError(f"{unknown[0]} is not a BERT config setting (e.g. hidden_dropout_prob); a student "
                            "loaded from a checkpoint takes its config.json's values, so drop it")
