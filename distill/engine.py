@@ -1,6 +1,6 @@
 """The distillation loop, and nothing else: Accelerate does devices, DDP, AMP and checkpoints.
 
-    batch ─┬─ teacher (frozen, eval, no_grad; or the logits cache) ──┐
+    batch ─┬─ teacher (frozen, eval, no_grad; or the teacher cache) ──┐
            └─ student ── ModelOutputs ──────────────── CompositeLoss ─┴→ backward → step
 
 Fine-tuning is the same loop with a hard-label-only loss and ``teacher=None``.
@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -166,7 +167,7 @@ class LoopState:
     best_step: int | None = None
     bad_evals: int = 0  # evaluations in a row without a new best (early stopping)
     nonfinite: int = 0  # steps skipped for a non-finite loss
-    teacher_calls: int = 0  # teacher forwards (the rest came from the logits cache)
+    teacher_calls: int = 0  # teacher forwards (the rest came from the teacher cache)
     eval_step: int | None = None  # the last evaluated step: the end does not evaluate it again
 
     @classmethod
@@ -177,7 +178,7 @@ class LoopState:
 
 @dataclass
 class TeacherTargets:
-    """The teacher's outputs for a batch: from the logits cache when it holds them, else one no-grad
+    """The teacher's outputs for a batch: from the teacher cache when it holds them, else one no-grad
     forward (stored in the cache, and handed on fp16-rounded as the cache hands them back later, so a
     resumed run learns from the same targets whichever epoch it restarts in)."""
 
@@ -223,33 +224,40 @@ def teacher_targets(cfg: TrainerConfig, accelerator: Accelerator, loss: nn.Modul
 def open_cache(cfg: TrainerConfig, loss: nn.Module, teacher: nn.Module, dataset, task: str, key: str,
                out: Path) -> TeacherCache | None:
     """The run's teacher cache: logits (token rows as long as the longest tokenized row) and the mapped
-    layers' outputs; None, said in one line, when it would exceed ``trainer.cache_max_gb``."""
-    n = np.zeros(len(dataset), dtype=np.int64)
-    n[np.asarray(dataset["idx"])] = lengths(dataset)  # cache rows are addressed by the example's idx
-    c, needs = teacher.config.num_labels, getattr(loss, "teacher_needs", loss.needs)
+    layers' outputs; None, said in one line, when it would exceed ``trainer.cache_max_gb`` or the free disk."""
+    needs = getattr(loss, "teacher_needs", loss.needs)
+    layers = cached_layers(loss, teacher.config, needs)
+    n = None
+    if layers or task == "token":  # rows are addressed by the example's idx
+        n = np.zeros(len(dataset), dtype=np.int64)
+        n[np.asarray(dataset["idx"])] = lengths(dataset)
+    c = teacher.config.num_labels
     shape = None if "logits" not in needs else (c,) if task == "sequence" else (int(n.max()), c)
-    layers = cached_layers(loss, teacher.config)
     size = (len(dataset) * int(np.prod(shape)) * 2 if shape else 0) + (layers.bytes(n) if layers else 0)
-    if size > cfg.cache_max_gb * 1e9:
-        log.info("teacher cache off: %s for %d rows would take %.1f GB > trainer.cache_max_gb=%g; the teacher "
-                 "runs every step (raise cache_max_gb to cache it)", "/".join(sorted(needs)), len(dataset),
-                 size / 1e9, cfg.cache_max_gb)
+    root = Path(cfg.cache_dir or out / "teacher_cache")
+    free = shutil.disk_usage(next(p for p in (root, *root.parents) if p.exists())).free
+    if size > min(cfg.cache_max_gb * 1e9, free):
+        log.info("teacher cache off: %s for %d rows would take %.1f GB > trainer.cache_max_gb=%g or the %.1f GB free "
+                 "there; the teacher runs every step (raise cache_max_gb or free disk to cache it)",
+                 "/".join(sorted(needs)), len(dataset), size / 1e9, cfg.cache_max_gb, free / 1e9)
         return None
-    return TeacherCache(cfg.cache_dir or out / "teacher_cache", key, len(dataset), shape, layers, n.tolist())
+    return TeacherCache(root, key, len(dataset), shape, layers, None if n is None else n.tolist())
 
 
-def cached_layers(loss: nn.Module, config) -> Layers | None:
+def cached_layers(loss: nn.Module, config, needs: frozenset[str]) -> Layers | None:
     """The teacher layers whose hidden states / maps / Q-K-V the losses read (a loss that does not say:
-    every layer)."""
-    L = config.num_hidden_layers
-    every = {"hidden_states": range(L + 1), "attentions": range(1, L + 1), "qkv": range(1, L + 1)}
-    kept = {}
-    for name, all_layers in every.items():
-        if name in getattr(loss, "teacher_needs", loss.needs):
-            layers = getattr(loss, "teacher_layers", lambda _: None)(name)
-            kept[name] = tuple(sorted(all_layers if layers is None else layers))
-    if not kept:
+    every layer, or for maps the layers its ``teacher_map_layers`` names)."""
+    wanted = [name for name in ("hidden_states", "attentions", "qkv") if name in needs]
+    if not wanted:
         return None
+    L, kept = config.num_hidden_layers, {}
+    for name in wanted:
+        if hasattr(loss, "teacher_layers"):
+            layers = loss.teacher_layers(name)
+        else:  # a hand-made loss module: the teacher computes maps only where teacher_map_layers says
+            layers = getattr(loss, "teacher_map_layers", lambda: None)() if name == "attentions" else None
+        every = range(L + 1) if name == "hidden_states" else range(1, L + 1)
+        kept[name] = tuple(sorted(every if layers is None else layers))
     return Layers(L, config.hidden_size, config.num_attention_heads, **kept)
 
 
@@ -412,7 +420,8 @@ class Loop:
         with self.accelerator.accumulate(self.module):
             teacher_out = self.targets(batch, state) if self.targets is not None else None
             loss, parts = self.module(batch, teacher_out)
-            finite = self.accelerator.reduce(torch.isfinite(loss.detach()).float(), "min")  # no host sync
+            # 1 on every process when none had a non-finite loss (accelerate's reduce has max, not min); no host sync
+            finite = 1 - self.accelerator.reduce((~torch.isfinite(loss.detach())).float(), "max")
             self.nonfinite.add(finite)
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.cfg.max_grad_norm:
@@ -461,7 +470,8 @@ class Loop:
                         break
                     # Ctrl-C / SIGTERM: a checkpoint here, then one line (several processes agree at log steps:
                     # asking the others is a host sync)
-                    if (rows == 1 or self.is_log_step(state)) and stop_request.agreed(self.accelerator):
+                    single = self.accelerator.num_processes == 1
+                    if (single or self.is_log_step(state)) and stop_request.agreed(self.accelerator):
                         self.interrupted(state)
                 else:  # the loader ran out
                     if state.batches_in_epoch:

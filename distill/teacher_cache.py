@@ -78,6 +78,16 @@ class Layers:
         return total
 
 
+def finite_fp16(values: Tensor, name: str) -> np.ndarray:
+    """``values`` as an fp16 array; one line if fp16 cannot hold them (a value past ±65504 would be read back as
+    inf in every later epoch)."""
+    out = values.detach().float().cpu().numpy().astype(np.float16)
+    if not np.isfinite(out).all() and np.isfinite(values.detach().float().cpu().numpy()).all():
+        raise DistillError(f"the teacher's {name} exceed fp16's range (|x| > 65504), which the teacher cache stores; "
+                           "set trainer.teacher_cache=false")
+    return out
+
+
 class TeacherCache:
     """Logits of ``n_rows`` examples, each of ``row_shape`` ((C,) or (T_max, C) for token tasks; None
     when no loss reads logits), and the teacher's ``layers`` outputs for rows of ``lengths`` real tokens.
@@ -135,7 +145,7 @@ class TeacherCache:
         """Store the teacher's outputs for rows ``idx`` (B,); token-task logits are zero-padded to T_max."""
         rows = idx.cpu().numpy()
         if self.logits is not None:
-            values = outputs.logits.detach().float().cpu().numpy().astype(np.float16)
+            values = finite_fp16(outputs.logits, "logits")
             if values.ndim == 3:
                 self.logits[rows, : values.shape[1]] = values
             else:
@@ -143,7 +153,7 @@ class TeacherCache:
         if self.layers is not None:
             masks = self._masks(rows, attention_mask)
             for name, tensor in self._stacked(outputs).items():
-                units = tensor[masks[name]].float().cpu().numpy().astype(np.float16)  # (units, *feature)
+                units = finite_fp16(tensor[masks[name]], name)  # (units, *feature)
                 self.arrays[name][self._units(name, rows)] = units
         self.filled[rows] = 1  # flags after values: a crash between the two only loses the rows
 

@@ -4,6 +4,7 @@ Each launch runs the real CLI in a subprocess (tiny models, CPU, gloo). Nothing 
 clock: every assertion reads files the finished processes wrote.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,10 @@ def _one_run_dir(cwd: Path) -> Path:
 
 
 def _weights(run_dir: Path) -> dict:
-    return load_file(run_dir / "student" / "model.safetensors")
+    """The student's weights, and the logged training rows (read back as the loop wrote them)."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {**load_file(run_dir / "student" / "model.safetensors"),
+            "logged": [(r["step"], r["train/loss"], r["train/nonfinite"]) for r in rows if "train/loss" in r]}
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,10 @@ def _assert_two_processes_match(cwd: Path, log: str, one: dict) -> None:
     run_dir = _one_run_dir(cwd)
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "metrics.json").is_file()
     two = _weights(run_dir)
-    assert max((one[k] - two[k]).abs().max().item() for k in one) <= 1e-5
+    assert max((one[k] - two[k]).abs().max().item() for k in one if k != "logged") <= 1e-5
+    # the finite check agrees over processes (none skipped) and the logged loss is the global batch's, not N times it
+    assert [(step, nonfinite) for step, _, nonfinite in two["logged"]] == [(s, 0) for s, _, _ in one["logged"]]
+    assert [loss for _, loss, _ in two["logged"]] == pytest.approx([loss for _, loss, _ in one["logged"]], rel=1e-2)
 
 
 def test_accelerate_launch_two_cpu_processes_train_as_one_run(tmp_path, one_process):
