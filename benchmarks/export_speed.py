@@ -26,9 +26,10 @@ from pathlib import Path
 import onnxruntime
 
 from distill import evaluate as ev
-from distill.export_formats import export_onnx, fused_ops_text, parity_inputs, quantize_int8
+from distill.export_formats import export_onnx, parity_inputs, quantize_int8
 from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
 from distill.models.student import student_from_config
+from distill.tables import fused_ops_text
 
 # MR-like: one-sentence movie reviews of ~20 words (MR's mean is ~21 words, ~24 WordPiece tokens)
 TEXTS = [

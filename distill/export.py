@@ -29,11 +29,11 @@ from distill.export_formats import (
     export_int8,
     export_onnx,
     export_torchscript,
-    fused_ops_text,
     parity_inputs,
     task_of,
 )
 from distill.models.hub import from_pretrained, load_config, load_tokenizer, resolve
+from distill.tables import fused_ops_text
 from distill.vocab_trim import trim_vocab as trim
 from distill.vocab_trim import write_vocab
 

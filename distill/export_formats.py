@@ -20,6 +20,7 @@ from distill import evaluate as ev
 from distill.errors import DistillError
 from distill.models.hub import save_pretrained
 from distill.outputs import MODEL_INPUTS
+from distill.tables import fused_ops_text
 from distill.vocab_trim import write_vocab
 
 log = logging.getLogger(__name__)
@@ -191,11 +192,6 @@ def _fused_copy(path: Path, config) -> tuple[Path, dict[str, int]] | None:
         logging.disable(logging.NOTSET)
     log.info("export: onnxruntime's optimizer fused %s", fused_ops_text(counts) or "nothing")
     return fused_path, counts
-
-
-def fused_ops_text(counts: dict[str, int]) -> str:
-    """{"Attention": 6, ...} → "6 Attention, ..."."""
-    return ", ".join(f"{n} {op}" for op, n in counts.items())
 
 
 @contextlib.contextmanager

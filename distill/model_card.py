@@ -8,8 +8,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from distill.export_formats import fused_ops_text
 from distill.models.student import count_parameters
+from distill.tables import fused_ops_text
 
 
 def _recipe_text(recipe: str | os.PathLike | Mapping) -> str:

@@ -23,3 +23,8 @@ def render(header: Sequence[str], rows: Sequence[Sequence[object]], markdown: bo
     console.print(table)
     lines = [line.rstrip() for line in console.file.getvalue().splitlines()]
     return "\n".join(line for line in lines if line) + "\n"
+
+
+def fused_ops_text(counts: dict[str, int]) -> str:
+    """{"Attention": 6, ...} → "6 Attention, ..." (an export's fused-op counts, in logs and model cards)."""
+    return ", ".join(f"{n} {op}" for op, n in counts.items())

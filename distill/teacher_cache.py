@@ -100,8 +100,10 @@ class TeacherCache:
     def __init__(self, root: str | os.PathLike, key: str, n_rows: int, row_shape: tuple[int, ...] | None,
                  layers: Layers | None = None, lengths: list[int] | None = None):
         self.layers = layers if layers else None
-        suffix = "" if self.layers is None else "-" + hashlib.sha256(
-            json.dumps(asdict(self.layers)).encode()).hexdigest()[:8]
+        # a logits-only cache keeps its old name; one with layers is named by what it holds, so two recipes
+        # caching other fields of one teacher and data do not take turns wiping one dir
+        kept = {"layers": asdict(self.layers) if self.layers else None, "row_shape": row_shape}
+        suffix = "" if self.layers is None else "-" + hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:8]
         self.dir = Path(root) / f"teacher-{key}{suffix}"
         check_writable(self.dir, "set trainer.cache_dir to a writable dir, or trainer.teacher_cache=false")
         self.lengths = np.asarray(lengths if lengths is not None else [], dtype=np.int64)
