@@ -55,7 +55,7 @@ class _AttentionLoss(DistillLoss):
         self.layer_map = self.resolve(student_config, teacher_config)
 
     def teacher_map_layers(self) -> frozenset[int] | None:
-        return None if self.layer_map is None else frozenset(j for _, j in self.layer_map.pairs)
+        return None if self.layer_map is None else frozenset(self.layer_map.teacher_layers())
 
     def pair_loss(self, s: Tensor, t: Tensor, rows: Tensor, keys: Tensor) -> Tensor:
         """s, t (B, nh, T, T); rows (B, 1, T, 1) real queries; keys (B, 1, 1, T) real keys → scalar."""
@@ -89,9 +89,6 @@ class AttentionMSE(_AttentionLoss):
     L = Σ_(i,j) Σ_{b,h,q,k real} (A_s^i − A_t^j)² / (heads · Σ_b n_b²),  n_b = real tokens of row b.
     """
 
-    def teacher_map_layers(self) -> frozenset[int] | None:
-        return None if self.layer_map is None else frozenset(j for _, j in self.layer_map.pairs)
-
     def pair_loss(self, s: Tensor, t: Tensor, rows: Tensor, keys: Tensor) -> Tensor:
         cells = rows & keys  # (B, 1, T, T)
         sq = (s - t).pow(2).masked_fill(~cells, 0.0)  # (B, nh, T, T)
@@ -104,9 +101,6 @@ class AttentionKL(_AttentionLoss):
     L = Σ_(i,j) (1 / (heads · N)) Σ_{b,h,q real} Σ_{k real} A_t[q, k] · (log A_t[q, k] − log A_s[q, k]),
     N = real tokens in the batch.
     """
-
-    def teacher_map_layers(self) -> frozenset[int] | None:
-        return None if self.layer_map is None else frozenset(j for _, j in self.layer_map.pairs)
 
     def pair_loss(self, s: Tensor, t: Tensor, rows: Tensor, keys: Tensor) -> Tensor:
         t = t.masked_fill(~keys, 0.0)  # (B, nh, T, T); padded keys carry no probability

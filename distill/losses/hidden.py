@@ -59,7 +59,7 @@ class _HiddenLoss(DistillLoss):
     def teacher_layers(self, field: str) -> frozenset[int] | None:
         if field != "hidden_states" or self.layer_map is None:
             return None
-        return frozenset(j for _, j in self.layer_map.pairs)
+        return frozenset(self.layer_map.teacher_layers())
 
     def select(self, h: Tensor, real: Tensor) -> Tensor:
         """(B, T, H), (B, T) bool → the rows compared, (N, H): every real token."""

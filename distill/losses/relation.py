@@ -87,9 +87,7 @@ class MiniLMRelation(DistillLoss):
         self.layer_map, self.relation_heads = self.resolve(student_config, teacher_config)
 
     def teacher_layers(self, field: str) -> frozenset[int] | None:
-        if field != "qkv" or self.layer_map is None:
-            return None
-        return frozenset(j for _, j in self.layer_map.pairs)
+        return None if field != "qkv" or self.layer_map is None else frozenset(self.layer_map.teacher_layers())
 
     def forward(self, student: ModelOutputs, teacher: ModelOutputs, batch: Mapping[str, Tensor]) -> Tensor:
         if self.layer_map is None:
