@@ -132,7 +132,26 @@ def test_attention_dropout_keeps_expectation():
     x = torch.full((200_000,), 2.0)
     y = ops.dropout(x, 0.1)
     assert abs(y.mean().item() - 2.0) < 0.02
-    assert abs((y == 0).float().mean().item() - 26 / 256) < 0.005
+    assert abs((y == 0).float().mean().item() - 0.1) < 0.003
+    scaled = torch.tensor(2.0) * (32768 / (32768 - 3277))  # 1/(1 - p), p = 3277/32768, in fp32
+    assert y.unique().tolist() == [0.0, scaled.item()]
+
+
+def test_dropout_matches_torch_in_distribution_and_gradient():
+    """ops.Dropout in place of nn.Dropout: the kept share is 1 - p on every lane of the 64-bit words
+    (a biased lane would show at this size), the rest are zero, the gradient is the mask times 1/(1 - p),
+    eval mode is the identity, and the same seed draws the same mask."""
+    x = torch.ones(4_000_000, requires_grad=True)
+    torch.manual_seed(3)
+    y = ops.Dropout(0.25)(x)
+    kept = (y != 0).float().view(-1, 4).mean(0)  # per 15-bit lane of a word
+    assert (kept - 0.75).abs().max() < 0.002
+    y.sum().backward()
+    assert torch.equal(x.grad, (y != 0).float() / 0.75)
+    torch.manual_seed(3)
+    assert torch.equal(ops.Dropout(0.25)(x.detach()), y.detach())
+    assert torch.equal(ops.Dropout(0.25).eval()(x), x)
+    assert torch.equal(ops.dropout(torch.ones(8), 1.0), torch.zeros(8))
 
 
 @pytest.mark.parametrize("seed", [0, 1])

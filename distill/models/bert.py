@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 
 from distill.errors import DistillError
-from distill.models.ops import Packing, activation, dropout, mask_bias
+from distill.models.ops import Dropout, Packing, activation, dropout, mask_bias
 from distill.outputs import ModelOutputs
 
 
@@ -38,7 +38,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         T = input_ids.shape[1]
@@ -74,23 +74,26 @@ class BertSelfAttention(nn.Module):
         if torch.onnx.is_in_onnx_export() and not (need_map or need_qkv):
             return self._export_graph(x, bias, packing), None, None
         B, T, H = packing.B, packing.T, x.shape[-1]
+        p = self.dropout_p if self.training else 0.0
+        # SDPA with dropout on a CPU runs these same ops with torch's slower dropout (ops.dropout says why)
+        explicit = need_map or (p > 0 and x.device.type == "cpu")
         # One GEMM instead of three: the (3H, H) weight is concatenated on the fly (cheap next to
         # the matmul). On the explicit path 1/√d is folded into the query weight, which saves a
         # full (B, nh, T, T) multiply forward and backward.
-        scale = 1.0 / math.sqrt(self.head_dim) if need_map else 1.0
+        scale = 1.0 / math.sqrt(self.head_dim) if explicit else 1.0
         w = torch.cat((self.query.weight * scale, self.key.weight, self.value.weight))
         b = torch.cat((self.query.bias * scale, self.key.bias, self.value.bias))
         qkv = packing.unpack(F.linear(x, w, b))  # (B, T, 3H), zeros at padding
         qkv = qkv.view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, nh, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, d)
-        p = self.dropout_p if self.training else 0.0
         probs = None
-        if need_map:
+        if explicit:
             scores = torch.matmul(q, k.transpose(-1, -2)).add_(bias)  # (B, nh, T, T), in place
             probs = torch.softmax(scores, dim=-1)
             ctx = torch.matmul(dropout(probs, p) if p else probs, v)
             if need_qkv:
                 q = q / scale  # hand the losses the unscaled query
+            probs = probs if need_map else None
         else:
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         ctx = ctx.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, d) → (B, T, H)
@@ -119,7 +122,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)
@@ -151,7 +154,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
         return self.LayerNorm(self.dropout(self.dense(x)) + residual)

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 
 from distill.models.bert import BertModel, BertPreTrainedModel
-from distill.models.ops import activation
+from distill.models.ops import Dropout, activation
 from distill.outputs import ModelOutputs
 
 
@@ -25,7 +25,7 @@ class _Classifier(BertPreTrainedModel):
         super().__init__(config)
         self.bert = BertModel(config, add_pooling_layer=pooling)
         drop = config.classifier_dropout
-        self.dropout = nn.Dropout(config.hidden_dropout_prob if drop is None else drop)
+        self.dropout = Dropout(config.hidden_dropout_prob if drop is None else drop)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
 
 
