@@ -1,0 +1,19 @@
+"""benchmarks/bert_speed.py as the README runs it (tiny shapes): it runs, and its last line is the JSON
+the README quotes, each ratio a positive number; the timed numbers themselves are not asserted."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bert_speed_prints_its_ratios_as_json():
+    out = subprocess.run([sys.executable, "benchmarks/bert_speed.py", "--batch", "2", "--seq", "16", "--repeats", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert set(last) == {"infer_speedup", "train_maps_speedup", "train_speedup"}
+    assert all(v > 0 for v in last.values())
+    assert "train step, logits only" in out.stdout
