@@ -1,0 +1,88 @@
+"""Our CPU dropout vs torch's, in the same student-only training step, side by side.
+
+The 2-layer student built from MiniLM-L6's layers 0 and 5 (dropout 0.1 at all 8 sites: embeddings,
+attention probabilities, the two residual branches of each layer, the classifier), trained on the hard
+labels of real MR sentences (batch 32, max_length 64, padded per batch, length-grouped) through
+``distill.engine.train`` itself, in two variants on the same batches in the same order:
+
+  * ours   ``distill.models.ops.dropout``: the keep mask cut from 64-bit random words, four 15-bit lanes each;
+  * torch  the same sites through ``F.dropout`` (``bernoulli_``: one double drawn per element).
+
+Interleaved rounds (one discarded warm-up round), the first step of each run left out; a step time is
+the mean over the timed batches of each batch's median over the rounds. Run in fp32 and in the
+precision ``auto`` gives this machine (bf16 where the CPU has it natively). Last line is JSON:
+{"fp32_speedup": x, "auto_speedup": y, "auto_precision": "bf16" | "no"} (torch's step / ours; > 1: ours faster).
+
+    python benchmarks/dropout_speed.py [--repeats 4] [--steps 12] [--no-wait]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+from kd_step import (
+    BATCH,
+    LAYERS,
+    MAX_LEN,
+    Setup,
+    bench_parser,
+    engine_step_times,
+    hard_loss,
+    interleave,
+    per_batch_median,
+    start,
+)
+
+import distill.models.bert as bert
+import distill.models.ops as ops
+from distill.launch import resolve_precision
+
+OURS = ops.dropout
+
+
+def torch_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
+    return F.dropout(x, p, training=True)
+
+
+def with_dropout(fn, run):
+    """``run()`` with every dropout site of our BERT calling ``fn``."""
+    ops.dropout = bert.dropout = fn
+    try:
+        return run()
+    finally:
+        ops.dropout = bert.dropout = OURS
+
+
+def step_time(setup: Setup, steps: int, repeats: int, precision: str) -> tuple[float, float]:
+    """(ours, torch): mean per-step seconds of the student-only step in ``precision``."""
+    def run():
+        return engine_step_times(setup, hard_loss, max_steps=steps, mixed_precision=precision)[0]
+
+    runs = interleave({"ours": lambda: with_dropout(OURS, run), "torch": lambda: with_dropout(torch_dropout, run)},
+                      repeats, keep=lambda times: times[1:])
+    return tuple(statistics.fmean(per_batch_median(runs[name])) for name in ("ours", "torch"))
+
+
+def main() -> None:
+    args = bench_parser(__doc__, "train steps per run (first one not timed)").parse_args()
+    start(args)
+    setup = Setup(rows=args.steps * BATCH)
+    auto = resolve_precision("auto")
+    out = {}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; 2-layer student (MiniLM-L6 layers "
+          f"{LAYERS}), hard CE, MR train rows, batch {BATCH}, max_len {MAX_LEN}; {args.steps - 1} timed steps x "
+          f"{args.repeats} interleaved rounds")
+    for name, precision in (("fp32", "no"), ("auto", auto)):
+        ours, theirs = step_time(setup, args.steps, args.repeats, precision)
+        out[f"{name}_speedup"] = round(theirs / ours, 3)
+        print(f"  {name:4s} ({precision}): ours {ours * 1e3:7.1f} ms   torch's dropout {theirs * 1e3:7.1f} ms   "
+              f"speed-up {theirs / ours:.3f}x")
+    out["auto_precision"] = auto
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
