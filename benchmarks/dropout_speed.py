@@ -21,20 +21,9 @@ from __future__ import annotations
 import json
 import statistics
 
+import kd_step as bench  # the step-timing helpers every benchmark here shares
 import torch
 import torch.nn.functional as F
-from kd_step import (
-    BATCH,
-    LAYERS,
-    MAX_LEN,
-    Setup,
-    bench_parser,
-    engine_step_times,
-    hard_loss,
-    interleave,
-    per_batch_median,
-    start,
-)
 
 import distill.models.bert as bert
 import distill.models.ops as ops
@@ -56,25 +45,25 @@ def with_dropout(fn, run):
         ops.dropout = bert.dropout = OURS
 
 
-def step_time(setup: Setup, steps: int, repeats: int, precision: str) -> tuple[float, float]:
+def step_time(setup: bench.Setup, steps: int, repeats: int, precision: str) -> tuple[float, float]:
     """(ours, torch): mean per-step seconds of the student-only step in ``precision``."""
     def run():
-        return engine_step_times(setup, hard_loss, max_steps=steps, mixed_precision=precision)[0]
+        return bench.engine_step_times(setup, bench.hard_loss, max_steps=steps, mixed_precision=precision)[0]
 
-    runs = interleave({"ours": lambda: with_dropout(OURS, run), "torch": lambda: with_dropout(torch_dropout, run)},
-                      repeats, keep=lambda times: times[1:])
-    return tuple(statistics.fmean(per_batch_median(runs[name])) for name in ("ours", "torch"))
+    variants = {"ours": lambda: with_dropout(OURS, run), "torch": lambda: with_dropout(torch_dropout, run)}
+    runs = bench.interleave(variants, repeats, keep=lambda times: times[1:])
+    return tuple(statistics.fmean(bench.per_batch_median(runs[name])) for name in ("ours", "torch"))
 
 
 def main() -> None:
-    args = bench_parser(__doc__, "train steps per run (first one not timed)").parse_args()
-    start(args)
-    setup = Setup(rows=args.steps * BATCH)
+    args = bench.bench_parser(__doc__, "train steps per run (first one not timed)").parse_args()
+    bench.start(args)
+    setup = bench.Setup(rows=args.steps * bench.BATCH)
     auto = resolve_precision("auto")
     out = {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; 2-layer student (MiniLM-L6 layers "
-          f"{LAYERS}), hard CE, MR train rows, batch {BATCH}, max_len {MAX_LEN}; {args.steps - 1} timed steps x "
-          f"{args.repeats} interleaved rounds")
+          f"{bench.LAYERS}), hard CE, MR train rows, batch {bench.BATCH}, max_len {bench.MAX_LEN}; "
+          f"{args.steps - 1} timed steps x {args.repeats} interleaved rounds")
     for name, precision in (("fp32", "no"), ("auto", auto)):
         ours, theirs = step_time(setup, args.steps, args.repeats, precision)
         out[f"{name}_speedup"] = round(theirs / ours, 3)

@@ -68,7 +68,7 @@ def test_hydra_flags_with_values_reach_hydra(tmp_path):
     assert augment.n == 8 and augment.top_k == 15
     trainer = OmegaConf.create(_cli("train", "--cfg", "job", "--package", "trainer", "recipe=quickstart",
                                     cwd=tmp_path).stdout)  # the schema's keys with the recipe's values
-    assert (trainer.epochs, trainer.lr, trainer.mixed_precision, trainer.keep_last) == (1, 1e-4, "auto", 2)
+    assert (trainer.epochs, trainer.lr, trainer.mixed_precision, trainer.keep_last) == (1, 2e-4, "auto", 2)
     info = _cli("pipeline", "--info", "defaults", "recipe=wnut16_augment", cwd=tmp_path)
     assert info.returncode == 0, info.stderr[-2000:]
     lines = info.stdout.splitlines()
