@@ -3,15 +3,20 @@
 The 2-layer student built from MiniLM-L6's layers 0 and 5 (dropout 0.1 at all 8 sites: embeddings,
 attention probabilities, the two residual branches of each layer, the classifier), trained on the hard
 labels of real MR sentences (batch 32, max_length 64, padded per batch, length-grouped) through
-``distill.engine.train`` itself, in two variants on the same batches in the same order:
+``distill.engine.train`` itself, in three variants on the same batches in the same order:
 
-  * ours   ``distill.models.ops.dropout``: the keep mask cut from 64-bit random words, four 15-bit lanes each;
-  * torch  the same sites through ``F.dropout`` (``bernoulli_``: one double drawn per element).
+  * ours    ``distill.models.ops.dropout``: the keep mask cut from 64-bit random words, four 15-bit lanes
+            each; attention on the explicit path (what a CPU training step with dropout takes now);
+  * torch   the same path with ``F.dropout`` (``bernoulli_``: one double drawn per element) at every site;
+  * before  ``F.dropout`` and attention through SDPA with ``dropout_p`` (the code before the change; on a
+            CPU SDPA's math fallback, which upcasts bf16 to fp32).
 
 Interleaved rounds (one discarded warm-up round), the first step of each run left out; a step time is
 the mean over the timed batches of each batch's median over the rounds. Run in fp32 and in the
 precision ``auto`` gives this machine (bf16 where the CPU has it natively). Last line is JSON:
-{"fp32_speedup": x, "auto_speedup": y, "auto_precision": "bf16" | "no"} (torch's step / ours; > 1: ours faster).
+{"fp32_speedup": x, "auto_speedup": y, "fp32_change_speedup": u, "auto_change_speedup": v,
+"auto_precision": "bf16" | "no"} (speedup: torch's step / ours, the dropout alone; change_speedup:
+before / ours, the whole change; > 1: ours faster).
 
     python benchmarks/dropout_speed.py [--repeats 4] [--steps 12] [--no-wait]
 """
@@ -36,23 +41,27 @@ def torch_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     return F.dropout(x, p, training=True)
 
 
-def with_dropout(fn, run):
-    """``run()`` with every dropout site of our BERT calling ``fn``."""
+def with_dropout(fn, run, explicit: bool = True):
+    """``run()`` with every dropout site of our BERT calling ``fn``; ``explicit=False``: attention with
+    dropout through SDPA as before the change."""
     ops.dropout = bert.dropout = fn
+    bert.CPU_DROPOUT_EXPLICIT = explicit
     try:
         return run()
     finally:
         ops.dropout = bert.dropout = OURS
+        bert.CPU_DROPOUT_EXPLICIT = True
 
 
-def step_time(setup: bench.Setup, steps: int, repeats: int, precision: str) -> tuple[float, float]:
-    """(ours, torch): mean per-step seconds of the student-only step in ``precision``."""
+def step_time(setup: bench.Setup, steps: int, repeats: int, precision: str) -> dict[str, float]:
+    """Mean per-step seconds of the student-only step in ``precision``, per variant."""
     def run():
         return bench.engine_step_times(setup, bench.hard_loss, max_steps=steps, mixed_precision=precision)[0]
 
-    variants = {"ours": lambda: with_dropout(OURS, run), "torch": lambda: with_dropout(torch_dropout, run)}
+    variants = {"ours": lambda: with_dropout(OURS, run), "torch": lambda: with_dropout(torch_dropout, run),
+                "before": lambda: with_dropout(torch_dropout, run, explicit=False)}
     runs = bench.interleave(variants, repeats, keep=lambda times: times[1:])
-    return tuple(statistics.fmean(bench.per_batch_median(runs[name])) for name in ("ours", "torch"))
+    return {name: statistics.fmean(bench.per_batch_median(times)) for name, times in runs.items()}
 
 
 def main() -> None:
@@ -65,10 +74,12 @@ def main() -> None:
           f"{bench.LAYERS}), hard CE, MR train rows, batch {bench.BATCH}, max_len {bench.MAX_LEN}; "
           f"{args.steps - 1} timed steps x {args.repeats} interleaved rounds")
     for name, precision in (("fp32", "no"), ("auto", auto)):
-        ours, theirs = step_time(setup, args.steps, args.repeats, precision)
-        out[f"{name}_speedup"] = round(theirs / ours, 3)
-        print(f"  {name:4s} ({precision}): ours {ours * 1e3:7.1f} ms   torch's dropout {theirs * 1e3:7.1f} ms   "
-              f"speed-up {theirs / ours:.3f}x")
+        t = step_time(setup, args.steps, args.repeats, precision)
+        out[f"{name}_speedup"] = round(t["torch"] / t["ours"], 3)
+        out[f"{name}_change_speedup"] = round(t["before"] / t["ours"], 3)
+        print(f"  {name:4s} ({precision}): ours {t['ours'] * 1e3:7.1f} ms   torch's dropout {t['torch'] * 1e3:7.1f} ms"
+              f" ({t['torch'] / t['ours']:.3f}x)   before the change {t['before'] * 1e3:7.1f} ms "
+              f"({t['before'] / t['ours']:.3f}x)")
     out["auto_precision"] = auto
     print(json.dumps(out))
 

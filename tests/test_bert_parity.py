@@ -4,6 +4,7 @@ import pytest
 import torch
 import transformers
 
+from distill.errors import DistillError
 from distill.models import bert, heads, ops
 from tests.conftest import padded_batch, tiny_config
 
@@ -125,6 +126,12 @@ def test_qkv_shapes_and_values():
     # the explicit path hands back the same (unscaled) query
     out2 = model(ids, mask, output_qkv=True, output_attentions=True)
     assert (out2.qkv[0][0] - out.qkv[0][0])[real].abs().max() <= 1e-6
+    # training with attention dropout on a CPU takes the explicit path without maps: the same unscaled query
+    model.train()
+    out3 = model(ids, mask, output_qkv=True, output_hidden_states=True)
+    assert model.config.attention_probs_dropout_prob > 0 and out3.attentions in ((), None)
+    expected_q = layer.query(out3.hidden_states[0]).view(B, T, 4, 8).transpose(1, 2)
+    assert (out3.qkv[0][0] - expected_q)[real].abs().max() <= 1e-6
 
 
 def test_attention_dropout_keeps_expectation():
@@ -151,7 +158,11 @@ def test_dropout_matches_torch_in_distribution_and_gradient():
     torch.manual_seed(3)
     assert torch.equal(ops.Dropout(0.25)(x.detach()), y.detach())
     assert torch.equal(ops.Dropout(0.25).eval()(x), x)
-    assert torch.equal(ops.dropout(torch.ones(8), 1.0), torch.zeros(8))
+    ones = torch.ones(8, requires_grad=True)
+    ops.dropout(ones, 1.0).sum().backward()  # p = 1: zeros, still in the graph
+    assert torch.equal(ones.grad, torch.zeros(8))
+    with pytest.raises(DistillError, match="must be in"):
+        ops.Dropout(1.5)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

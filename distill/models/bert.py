@@ -6,8 +6,10 @@ trips exactly); everything that computes is written here.
 
 Attention has two paths:
   * fast path (no maps requested): ``F.scaled_dot_product_attention`` on a fused Q/K/V projection;
-  * explicit path (maps requested): ``softmax(q kᵀ / √d + mask) v`` that also returns the
-    post-softmax probabilities (B, heads, T, T).
+  * explicit path (maps requested, or training with attention dropout on a CPU, where SDPA would run
+    these same ops with torch's slower dropout): ``softmax(q kᵀ / √d + mask) v`` that also returns the
+    post-softmax probabilities (B, heads, T, T). Under bf16 autocast it computes in bf16, where SDPA's
+    CPU math fallback upcast to fp32.
 
 The task heads (sequence / token classification, masked LM) live in :mod:`distill.models.heads`.
 """
@@ -25,6 +27,8 @@ from transformers import BertConfig
 from distill.errors import DistillError
 from distill.models.ops import Dropout, Packing, activation, dropout, mask_bias
 from distill.outputs import ModelOutputs
+
+CPU_DROPOUT_EXPLICIT = True  # False: SDPA as before (benchmarks/dropout_speed.py times both)
 
 
 class BertEmbeddings(nn.Module):
@@ -76,7 +80,7 @@ class BertSelfAttention(nn.Module):
         B, T, H = packing.B, packing.T, x.shape[-1]
         p = self.dropout_p if self.training else 0.0
         # SDPA with dropout on a CPU runs these same ops with torch's slower dropout (ops.dropout says why)
-        explicit = need_map or (p > 0 and x.device.type == "cpu")
+        explicit = need_map or (p > 0 and x.device.type == "cpu" and CPU_DROPOUT_EXPLICIT)
         # One GEMM instead of three: the (3H, H) weight is concatenated on the fly (cheap next to
         # the matmul). On the explicit path 1/√d is folded into the query weight, which saves a
         # full (B, nh, T, T) multiply forward and backward.

@@ -38,8 +38,9 @@ def dropout(x: Tensor, p: float) -> Tensor:
         return F.dropout(x, p, training=True)
     drop_below = round(_LANES * p)
     if drop_below >= _LANES:
-        return torch.zeros_like(x)
-    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_()  # (⌈n/4⌉,) 63 random bits each
+        return x * 0.0  # still in the graph, as F.dropout's p = 1
+    # (⌈n/4⌉,) words of 63 random bits each
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
     lanes = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF  # uniform in 0..32767 (the sign bit dropped)
     return torch.where(lanes >= drop_below, x * (_LANES / (_LANES - drop_below)), 0.0)
 
@@ -52,6 +53,9 @@ class Dropout(nn.Module):
 
     def __init__(self, p: float):
         super().__init__()
+        if not 0.0 <= float(p) <= 1.0:
+            raise DistillError(f"a dropout probability must be in [0, 1], not {p}; fix hidden_dropout_prob / "
+                               "classifier_dropout in the model's config")
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:
