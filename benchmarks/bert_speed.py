@@ -70,21 +70,11 @@ def main() -> None:
 
     def step(model, opt, is_ours, maps=True):
         model.train()
-        if not maps:
-            out = model(ids, mask) if is_ours else model(input_ids=ids, attention_mask=mask)
-            torch.nn.functional.cross_entropy(out.logits, labels).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            return
-        if is_ours:
-            out = model(ids, mask, output_hidden_states=True, output_attentions=True)
-            logits, hidden, maps = out.logits, out.hidden_states, out.attentions
-        else:
-            out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True)
-            logits, hidden, maps = out.logits, out.hidden_states, out.attentions
-        # a loss that reads every requested tensor, so their backward runs as in distillation
-        loss = torch.nn.functional.cross_entropy(logits, labels)
-        loss = loss + sum(h.pow(2).mean() for h in hidden) + sum(a.pow(2).mean() for a in maps)
+        asks = {"output_hidden_states": True, "output_attentions": True} if maps else {}
+        out = model(ids, mask, **asks) if is_ours else model(input_ids=ids, attention_mask=mask, **asks)
+        loss = torch.nn.functional.cross_entropy(out.logits, labels)
+        if maps:  # a loss that reads every requested tensor, so their backward runs as in distillation
+            loss = loss + sum(h.pow(2).mean() for h in out.hidden_states) + sum(a.pow(2).mean() for a in out.attentions)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

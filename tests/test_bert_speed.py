@@ -6,6 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distill.models import heads
+from tests.conftest import padded_batch, tiny_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,3 +30,26 @@ def test_dropout_speed_prints_its_ratios_as_json():
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["auto_precision"] in ("bf16", "no")
     assert all(last[f"{p}_{k}"] > 0 for p in ("fp32", "auto") for k in ("speedup", "change_speedup"))
+
+
+def test_dropout_speed_swaps_every_dropout_site(monkeypatch):
+    """The variants dropout_speed.py times really differ: its swap reaches all 8 dropout sites of a 2-layer
+    classifier (embeddings; per layer attention probabilities and two residual branches; the classifier),
+    and "before" sends attention through SDPA (6 sites left); afterwards our dropout and path are back."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import dropout_speed as bench
+
+    model = heads.BertForSequenceClassification(tiny_config()).train()
+    ids, mask = padded_batch(0)
+    calls = []
+
+    def counting(x, p):
+        calls.append(tuple(x.shape))
+        return bench.torch_dropout(x, p)
+
+    bench.with_dropout(counting, lambda: model(ids, mask))
+    assert len(calls) == 8 and sum(len(shape) == 4 for shape in calls) == 2  # two (B, nh, T, T) maps
+    calls.clear()
+    bench.with_dropout(counting, lambda: model(ids, mask), explicit=False)
+    assert len(calls) == 6 and all(len(shape) != 4 for shape in calls)
+    assert bench.ops.dropout is bench.OURS and bench.bert.CPU_DROPOUT_EXPLICIT

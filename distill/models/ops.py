@@ -29,6 +29,9 @@ def mask_bias(attention_mask: Tensor, dtype: torch.dtype) -> Tensor:
     return bias  # (B, 1, 1, T)
 
 
+_LANES = 1 << 15  # the mask's resolution: p is used as round(32768 p) / 32768
+
+
 def dropout(x: Tensor, p: float) -> Tensor:
     """Inverted dropout: each element kept with probability 1 - p (p in steps of 1/32768) and scaled by
     1/(1 - p). On CPU the mask is cut from 64-bit random words, four 15-bit lanes per word: torch's CPU
@@ -43,9 +46,6 @@ def dropout(x: Tensor, p: float) -> Tensor:
     words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
     lanes = words.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF  # uniform in 0..32767 (the sign bit dropped)
     return torch.where(lanes >= drop_below, x * (_LANES / (_LANES - drop_below)), 0.0)
-
-
-_LANES = 1 << 15  # the mask's resolution: p is used as round(32768 p) / 32768
 
 
 class Dropout(nn.Module):
