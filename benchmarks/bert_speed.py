@@ -18,6 +18,7 @@ import argparse
 import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 import transformers
@@ -35,6 +36,19 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def same_weights(config):
+    """transformers' BERT on SDPA (inference), eager (maps), SDPA (plain training) and ours, one set of weights."""
+    hf_infer = transformers.BertForSequenceClassification(config).eval()  # default: sdpa
+    config_eager = transformers.BertConfig(**config.to_dict())
+    config_eager._attn_implementation = "eager"
+    hf_train = transformers.BertForSequenceClassification(config_eager)
+    hf_plain = transformers.BertForSequenceClassification(config)  # sdpa
+    ours = BertForSequenceClassification(config)
+    for model in (hf_train, hf_plain, ours):
+        model.load_state_dict(hf_infer.state_dict(), strict=True)
+    return hf_infer, hf_train, hf_plain, ours
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=32)
@@ -42,18 +56,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     args = ap.parse_args()
     torch.manual_seed(0)
-    from pathlib import Path
-
     config = load_config(Path(minilm_l6_path()), num_labels=2)
-    hf_infer = transformers.BertForSequenceClassification(config).eval()  # default: sdpa
-    config_eager = transformers.BertConfig(**config.to_dict())
-    config_eager._attn_implementation = "eager"
-    hf_train = transformers.BertForSequenceClassification(config_eager)
-    hf_train.load_state_dict(hf_infer.state_dict())
-    hf_plain = transformers.BertForSequenceClassification(config)  # sdpa
-    hf_plain.load_state_dict(hf_infer.state_dict())
-    ours = BertForSequenceClassification(config)
-    ours.load_state_dict({k: v for k, v in hf_infer.state_dict().items()}, strict=True)
+    hf_infer, hf_train, hf_plain, ours = same_weights(config)
 
     ids = torch.randint(1000, config.vocab_size, (args.batch, args.seq))
     mask = torch.ones_like(ids)
