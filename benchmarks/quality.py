@@ -25,9 +25,10 @@ import hydra
 
 from distill.compare import Measure, compare
 from distill.config_check import compose_checked
+from distill.data.corpus import train_texts
 from distill.evaluate import main_metric
 from distill.export import export, summary_line
-from distill.pipeline import CONTROL, kd_steps, train_stages, train_texts
+from distill.pipeline import CONTROL, kd_steps, train_stages
 
 
 def main(argv: list[str]) -> None:

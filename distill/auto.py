@@ -33,8 +33,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from distill import launch
 from distill.config_check import target_config, trainer_config
+from distill.data.corpus import train_texts
 from distill.errors import DistillError
-from distill.pipeline import teacher_stage_config, train_stages, train_texts
+from distill.pipeline import teacher_stage_config, train_stages
 from distill.schema import TargetConfig as Target
 
 log = logging.getLogger(__name__)

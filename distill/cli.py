@@ -298,7 +298,7 @@ def export_cmd(args: list[str]) -> None:
     trim = bool(kv.get("trim_vocab", False))
     texts = None
     if data is not None:
-        from distill.pipeline import train_texts
+        from distill.data.corpus import train_texts
 
         texts = train_texts(data)
     elif trim:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill import launch
 from distill.checkpoint import ADDED_AS_NONE, BOOKKEEPING
+from distill.data.corpus import train_texts
 from distill.errors import DistillError
 from distill.run import run_training
 from distill.schema import TrainerConfig
@@ -148,12 +149,6 @@ def intermediate_stage_config(kd_cfg: DictConfig, intermediate: DictConfig) -> D
     out = OmegaConf.merge(kd_cfg, {"losses": None, "trainer": None})
     out.losses, out.trainer = intermediate.losses, trainer
     return out
-
-
-def train_texts(data) -> list[str]:
-    """The training split as plain text: what vocabulary trimming keeps tokens for."""
-    train = data.splits["train"]
-    return list(train["text"]) if "text" in train.column_names else [" ".join(t) for t in train["tokens"]]
 
 
 def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:

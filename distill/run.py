@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from distill import launch
 from distill.config_check import trainer_config
 from distill.data.collate import Collator, make_dataloader
+from distill.data.corpus import train_texts
 from distill.data.tokenize import summarize, tokenize
 from distill.engine import train
 from distill.errors import DistillError
@@ -61,9 +62,11 @@ def build_models(cfg: DictConfig, data):
         if cfg.data.get("mlm"):  # the head it teaches with, before a student built from it copies it
             teacher = with_masked_lm_head(cfg, teacher, data)
     log.info("Instantiating student <%s>", cfg.student._target_)
+    builder = inspect.signature(hydra.utils.get_method(cfg.student._target_)).parameters
     if teacher is not None:
-        student = hydra.utils.instantiate(cfg.student, teacher=teacher)
-    elif "teacher" in inspect.signature(hydra.utils.get_method(cfg.student._target_)).parameters:
+        texts = {"texts": train_texts(data)} if "texts" in builder else {}  # student=pruned ranks on them
+        student = hydra.utils.instantiate(cfg.student, _partial_=True)(teacher=teacher, **texts)
+    elif "teacher" in builder:
         raise DistillError(f"the student <{cfg.student._target_}> is built from a teacher, and there is none; "
                            "add teacher=..., or train a model of its own: student=pretrained student.name_or_path=DIR")
     else:

@@ -46,6 +46,13 @@ class TaskData:
     stats: dict[str, int] = field(default_factory=dict)  # rows_read, duplicates_dropped, ...
 
 
+def train_texts(data: TaskData) -> list[str]:
+    """The training split as plain text (a token task's words joined by spaces): what vocabulary
+    trimming keeps tokens for and a pruned student ranks the teacher's parts on."""
+    train = data.splits["train"]
+    return list(train["text"]) if "text" in train.column_names else [" ".join(t) for t in train["tokens"]]
+
+
 @dataclass
 class Table:
     """Rows of one split as read from a source, not yet checked. ``origin`` names it in errors."""

@@ -1,0 +1,118 @@
+"""student=pruned: a compact student cut out of the teacher's most active channels, heads and neurons."""
+
+import copy
+
+import hydra
+import pytest
+import torch
+from hydra import compose, initialize_config_module
+
+from distill.errors import DistillError
+from distill.models.hub import load_tokenizer, minilm_l6_path
+from distill.models.prune import importance, student_pruned_from_teacher, top
+from distill.models.student import random_bert
+from distill.run import build_models
+
+TEXTS = ["a gripping , well acted film", "dull and far too long", "the cast is wonderful", "i hated every minute",
+         "an odd little movie that works", "not funny , not moving , not anything"] * 3
+
+
+def _teacher(task="sequence", seed=0):
+    torch.manual_seed(seed)
+    teacher = random_bert(task, num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64)
+    for p in teacher.parameters():  # std 0.02 leaves every part equally quiet: give the ranking something to rank
+        p.data.add_(0.05 * torch.randn_like(p))
+    return teacher.eval()
+
+
+def _batch(texts=TEXTS[:6]):
+    return load_tokenizer(minilm_l6_path())(texts, padding=True, return_tensors="pt")
+
+
+def _logits(model, batch):
+    with torch.no_grad():
+        return model.eval()(batch["input_ids"], batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_pruning_nothing_gives_the_teacher(task):
+    teacher = _teacher(task)
+    student = student_pruned_from_teacher(teacher, [0, 1], 32, 4, 64, texts=TEXTS)
+    batch = _batch()
+    assert torch.equal(_logits(student, batch), _logits(teacher, batch))
+
+
+def test_dropped_neurons_are_the_teacher_without_them():
+    """All channels and heads kept (BERT's heads span the hidden size), 40 of 64 neurons per layer: the
+    student computes what the teacher computes with the dropped neurons' outgoing weights set to zero."""
+    teacher = _teacher()
+    student = student_pruned_from_teacher(teacher, [0, 1], 32, 4, 40, texts=TEXTS)
+    batch = _batch(TEXTS)
+    score = importance(teacher.bert, [batch])
+    reference = copy.deepcopy(teacher)
+    for layer, neurons in zip(reference.bert.encoder.layer, score.neurons):
+        dropped = sorted(set(range(64)) - set(top(neurons, 40).tolist()))
+        with torch.no_grad():
+            layer.output.dense.weight[:, dropped] = 0
+    assert torch.allclose(_logits(student, batch), _logits(reference, batch), atol=1e-5)
+    assert not torch.allclose(_logits(student, batch), _logits(teacher, batch), atol=1e-3)  # something was cut
+
+
+def test_importance_ranks_what_is_made_loud():
+    teacher = _teacher()
+    layer = teacher.bert.encoder.layer[1]
+    with torch.no_grad():
+        layer.attention.self.value.weight[16:24] *= 20  # head 2's values
+        layer.intermediate.dense.bias[5] = 8.0  # neuron 5 fires on every token
+        for norm in (layer.attention.output.LayerNorm, layer.output.LayerNorm):
+            norm.weight[7] = 30.0  # channel 7 of the residual stream
+    score = importance(teacher.bert, [_batch(TEXTS)])
+    assert int(score.heads[1].argmax()) == 2 and int(score.neurons[1].argmax()) == 5
+    assert int(score.channels.argmax()) == 7
+    student = student_pruned_from_teacher(teacher, [1], 8, 1, 4, texts=TEXTS)
+    kept = top(score.channels, 8)
+    assert 7 in kept.tolist()
+    for name in ("query", "key", "value"):  # head 2's rows, the kept input channels
+        source = getattr(layer.attention.self, name)
+        assert torch.equal(getattr(student.bert.encoder.layer[0].attention.self, name).weight,
+                           source.weight[16:24][:, kept])
+    out = student.bert.encoder.layer[0].attention.output.dense.weight  # (kept channels, head 2's columns)
+    assert torch.equal(out, layer.attention.output.dense.weight[kept][:, 16:24])
+    ffn = student.bert.encoder.layer[0].intermediate.dense.bias
+    assert torch.equal(ffn, layer.intermediate.dense.bias[top(score.neurons[1], 4)]) and 5 in top(score.neurons[1], 4)
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight,
+                       teacher.bert.embeddings.word_embeddings.weight[:, kept])
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight[:, kept])
+    assert torch.equal(student.bert.pooler.dense.weight, teacher.bert.pooler.dense.weight[kept][:, kept])
+    assert student.config.hidden_size == 8 and student.config.num_attention_heads == 1
+
+
+@pytest.mark.parametrize("args, words", [
+    (([0], 16, 4, 32), ["head size 8", "num_attention_heads"]),
+    (([0], 64, 8, 32), ["hidden_size ≤ 32"]),
+    (([0], 16, 2, 128), ["intermediate_size ≤ 64"]),
+    (([2], 16, 2, 32), ["layers=[2]", "0..1"]),
+])
+def test_impossible_shapes_are_one_line(args, words):
+    with pytest.raises(DistillError) as e:
+        student_pruned_from_teacher(_teacher(), *args, texts=TEXTS)
+    assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
+    with pytest.raises(DistillError, match="training text"):
+        student_pruned_from_teacher(_teacher(), [0], 16, 2, 32)
+    with pytest.raises(DistillError, match="empty"):
+        student_pruned_from_teacher(_teacher(), [0], 16, 2, 32, texts=["", " "])
+
+
+def test_the_run_ranks_on_the_training_split():
+    """`distill train student=pruned_l4_h128 ...` builds it through the run, which hands it the training text."""
+    overrides = ["data=mr", "data.limit=32", "teacher=tiny", "student=pruned_l4_h128", "student.layers=[1, 0]",
+                 "student.hidden_size=16", "student.num_attention_heads=2", "student.intermediate_size=32"]
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    data = hydra.utils.instantiate(cfg.data.source)
+    teacher, student = build_models(cfg, data)
+    shape = student.config.num_hidden_layers, student.config.hidden_size, student.config.intermediate_size
+    assert shape == (2, 16, 32)
+    assert student.config.id2label == teacher.config.id2label
+    same = student_pruned_from_teacher(teacher, [1, 0], 16, 2, 32, texts=list(data.splits["train"]["text"]))
+    assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), same.state_dict().values()))
