@@ -63,15 +63,28 @@ def build_models(cfg: DictConfig, data):
             teacher = with_masked_lm_head(cfg, teacher, data)
     log.info("Instantiating student <%s>", cfg.student._target_)
     builder = inspect.signature(hydra.utils.get_method(cfg.student._target_)).parameters
-    if teacher is not None:
-        texts = {"texts": train_texts(data)} if "texts" in builder else {}  # student=pruned ranks on them
-        student = hydra.utils.instantiate(cfg.student, _partial_=True)(teacher=teacher, **texts)
+    if teacher is not None and "texts" in builder:  # student=pruned_* ranks the teacher's parts on them
+        student = _with_texts(cfg.student, teacher, train_texts(data))
+    elif teacher is not None:
+        student = hydra.utils.instantiate(cfg.student, teacher=teacher)
     elif "teacher" in builder:
         raise DistillError(f"the student <{cfg.student._target_}> is built from a teacher, and there is none; "
                            "add teacher=..., or train a model of its own: student=pretrained student.name_or_path=DIR")
     else:
         student = hydra.utils.instantiate(cfg.student, task=task, **labels)
     return teacher, student
+
+
+def _with_texts(node: DictConfig, teacher, texts: list[str]):
+    """The builder called with the training text, outside instantiate (which would copy every text
+    into the config: 12 s for 50k rows); a key it does not take is one line, as instantiate's are."""
+    build = hydra.utils.instantiate(node, _partial_=True)
+    try:
+        return build(teacher=teacher, texts=texts)
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise DistillError(f"student: {e}; remove or rename that key") from None
 
 
 def check_compatible(teacher, student) -> None:

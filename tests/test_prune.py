@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_module
 
 from distill.errors import DistillError
 from distill.models.hub import load_tokenizer, minilm_l6_path
-from distill.models.prune import importance, student_pruned_from_teacher, top
+from distill.models.prune import calibration_rows, importance, student_pruned_from_teacher, top
 from distill.models.student import random_bert
 from distill.run import build_models
 
@@ -34,12 +34,34 @@ def _logits(model, batch):
         return model.eval()(batch["input_ids"], batch["attention_mask"]).logits
 
 
-@pytest.mark.parametrize("task", ["sequence", "token"])
+@pytest.mark.parametrize("task", ["sequence", "token", "mlm", "pretraining", "base"])
 def test_pruning_nothing_gives_the_teacher(task):
     teacher = _teacher(task)
     student = student_pruned_from_teacher(teacher, [0, 1], 32, 4, 64, texts=TEXTS)
     batch = _batch()
-    assert torch.equal(_logits(student, batch), _logits(teacher, batch))
+    with torch.no_grad():
+        s, t = (m.eval()(batch["input_ids"], batch["attention_mask"]) for m in (student, teacher))
+    for name in ("logits", "prediction_logits", "seq_relationship_logits", "last_hidden_state"):
+        if getattr(t, name, None) is not None:
+            assert torch.equal(getattr(s, name), getattr(t, name)), name
+
+
+def test_importance_counts_real_tokens_only():
+    """One padded batch ranks as the rows fed one at a time with no padding (both hook shapes), and the
+    encoder's mode and padding setting come back as they were."""
+    teacher = _teacher()
+    encoder = teacher.bert.train()
+    encoder.skip_padding = False
+    padded = importance(encoder, [_batch(TEXTS[:6])])
+    assert encoder.training and encoder.skip_padding is False
+    assert not encoder.encoder.layer[0].intermediate._forward_hooks  # the hooks are gone
+    rows = [_batch([t]) for t in TEXTS[:6]]
+    tokens = [int(r["attention_mask"].sum()) for r in rows]
+    single = [importance(encoder, [r]) for r in rows]  # each a mean over its own tokens: re-weight
+    channels = sum(n * s.channels for n, s in zip(tokens, single)) / sum(tokens)
+    assert torch.allclose(padded.channels, channels, rtol=1e-4)
+    heads = sum(n * s.heads[1] for n, s in zip(tokens, single)) / sum(tokens)
+    assert torch.allclose(padded.heads[1], heads, rtol=1e-4)
 
 
 def test_dropped_neurons_are_the_teacher_without_them():
@@ -87,20 +109,25 @@ def test_importance_ranks_what_is_made_loud():
     assert student.config.hidden_size == 8 and student.config.num_attention_heads == 1
 
 
-@pytest.mark.parametrize("args, words", [
-    (([0], 16, 4, 32), ["head size 8", "num_attention_heads"]),
-    (([0], 64, 8, 32), ["hidden_size ≤ 32"]),
-    (([0], 16, 2, 128), ["intermediate_size ≤ 64"]),
-    (([2], 16, 2, 32), ["layers=[2]", "0..1"]),
+@pytest.mark.parametrize("args, kw, words", [
+    (([0], 16, 4, 32), {}, ["head size 8", "num_attention_heads=2", "not 4"]),
+    (([0], 64, 8, 32), {}, ["student.hidden_size=64", "1..32"]),
+    (([0], 16, 2, 128), {}, ["student.intermediate_size=128", "1..64"]),
+    (([2], 16, 2, 32), {}, ["layers=[2]", "0..1"]),
+    (([0], 16, 2, 32), {"texts": None}, ["training text", "texts="]),
+    (([0], 16, 2, 32), {"texts": ["", " "]}, ["data.text_column"]),
+    (([0], 16, 2, 32), {"calibration": 0}, ["student.calibration=0"]),
 ])
-def test_impossible_shapes_are_one_line(args, words):
+def test_impossible_settings_are_one_line(args, kw, words):
     with pytest.raises(DistillError) as e:
-        student_pruned_from_teacher(_teacher(), *args, texts=TEXTS)
+        student_pruned_from_teacher(_teacher(), *args, **{"texts": TEXTS, **kw})
     assert "\n" not in str(e.value) and all(w in str(e.value) for w in words), str(e.value)
-    with pytest.raises(DistillError, match="training text"):
-        student_pruned_from_teacher(_teacher(), [0], 16, 2, 32)
-    with pytest.raises(DistillError, match="empty"):
-        student_pruned_from_teacher(_teacher(), [0], 16, 2, 32, texts=["", " "])
+
+
+def test_calibration_rows_spread_over_the_split():
+    texts = [f"row {i}" for i in range(10)]
+    assert calibration_rows(texts, 4) == ["row 0", "row 2", "row 5", "row 7"]
+    assert calibration_rows(texts, 7)[-1] == "row 8" and calibration_rows(texts, 50) == texts
 
 
 def test_the_run_ranks_on_the_training_split():
@@ -114,5 +141,10 @@ def test_the_run_ranks_on_the_training_split():
     shape = student.config.num_hidden_layers, student.config.hidden_size, student.config.intermediate_size
     assert shape == (2, 16, 32)
     assert student.config.id2label == teacher.config.id2label
-    same = student_pruned_from_teacher(teacher, [1, 0], 16, 2, 32, texts=list(data.splits["train"]["text"]))
+    same = student_pruned_from_teacher(teacher, [1, 0], 16, 2, 32, texts=list(data.splits["train"]["text"]),
+                                       max_length=cfg.data.max_length)
     assert all(torch.equal(a, b) for a, b in zip(student.state_dict().values(), same.state_dict().values()))
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides + ["++student.colour=red"])
+    with pytest.raises(DistillError, match="student: .*colour.*; remove or rename that key"):
+        build_models(cfg, data)

@@ -9,7 +9,7 @@ retrains it. Importance over the real tokens of the calibration rows:
 
   channel c  Σ over the LayerNorms of every layer of mean |LN(x)_c|     (H_t,)
   head h     mean ‖context_h‖₂, the head's slice of the attention output (nh_t,) per layer
-  neuron n   mean |GELU(x W_in + b)_n|, the feed-forward intermediate     (I_t,) per layer
+  neuron n   mean |act(x W_in + b)_n|, the feed-forward intermediate      (I_t,) per layer
 
 The student keeps the teacher's head size d (so its 1/√d is the teacher's): num_attention_heads =
 hidden_size / d. A LayerNorm keeps γ and β of the kept channels and normalises over those only.
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.models.bert import BertLayer, BertModel, BertPreTrainedModel
-from distill.models.hub import load_tokenizer, minilm_l6_path
-from distill.models.student import _encoder, _same_vocab, _single, student_config
+from distill.models.hub import load_tokenizer
+from distill.models.student import encoder_of, require_same_vocab, single_teacher, student_config
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +43,14 @@ class Importance:
 
 def calibration_rows(texts: Sequence[str], rows: int) -> list[str]:
     """``rows`` texts spread evenly over ``texts`` (all of them when fewer): the same sample every seed."""
+    if rows < 1:
+        raise DistillError(f"student.calibration={rows}: rank on at least 1 training row (default 1024)")
     texts = [t for t in texts if t and t.strip()]
     if not texts:
-        raise DistillError("student=pruned ranks the teacher's channels on the training text, and it is empty")
-    step = max(1, len(texts) // rows)
-    return list(texts[::step][:rows])
+        raise DistillError("a pruned student ranks the teacher's parts on the training text, and it has none: "
+                           "check data.text_column and data.limit")
+    k = min(rows, len(texts))
+    return [texts[i * len(texts) // k] for i in range(k)]
 
 
 @torch.no_grad()
@@ -77,14 +80,16 @@ def importance(encoder: BertModel, batches) -> Importance:
                   layer.attention.output.LayerNorm.register_forward_hook(add_channels),
                   layer.output.LayerNorm.register_forward_hook(add_channels)]
     tokens = 0
-    was_training = encoder.training
+    was_training, skipped = encoder.training, encoder.skip_padding
     try:
         encoder.eval()
+        encoder.skip_padding = True  # the hooks then see real tokens only, packed (N, D)
         for batch in batches:
             encoder(batch["input_ids"], batch["attention_mask"])
             tokens += int(batch["attention_mask"].sum())
     finally:
         encoder.train(was_training)
+        encoder.skip_padding = skipped
         for hook in hooks:
             hook.remove()
     if not tokens:
@@ -111,9 +116,11 @@ def _copy(dst: nn.Module, src: nn.Module, rows: Tensor | None, cols: Tensor | No
 
 
 def slice_layer(dst: BertLayer, src: BertLayer, channels: Tensor, heads: Tensor, neurons: Tensor) -> None:
-    """One encoder layer cut to the kept hidden channels, heads and feed-forward neurons."""
+    """One encoder layer cut to the kept hidden channels C, heads and feed-forward neurons:
+    Q/K/V (H_t, H_t) → (nh_s·d, H_s), attention output (H_t, H_t) → (H_s, nh_s·d), LayerNorms (H_t,) →
+    (H_s,), intermediate (I_t, H_t) → (I_s, H_s), output (H_t, I_t) → (H_s, I_s)."""
     d = src.attention.self.head_dim
-    head_rows = (heads[:, None] * d + torch.arange(d)).reshape(-1)  # the kept heads' Q/K/V rows
+    head_rows = (heads[:, None] * d + torch.arange(d, device=heads.device)).reshape(-1)  # kept heads' Q/K/V rows
     for name in ("query", "key", "value"):
         _copy(getattr(dst.attention.self, name), getattr(src.attention.self, name), head_rows, channels)
     _copy(dst.attention.output.dense, src.attention.output.dense, channels, head_rows)
@@ -126,16 +133,37 @@ def slice_layer(dst: BertLayer, src: BertLayer, channels: Tensor, heads: Tensor,
 @torch.no_grad()
 def slice_rest(student: nn.Module, teacher: nn.Module, channels: Tensor, hs: int, ht: int) -> None:
     """Embeddings, pooler and task head: every dimension of the teacher's hidden size cut to ``channels``
-    (word embeddings (V, H), classifier (labels, H), pooler (H, H), LayerNorms (H,))."""
-    own = dict(student.named_parameters())
+    (word embeddings (V, H), classifier (labels, H), pooler (H, H), LayerNorms (H,)). Every other dim
+    (vocabulary, positions, labels) is the same in both, so only hidden dims match (hs, ht)."""
+    own = {k: v for k, v in student.named_parameters() if ".encoder.layer." not in f".{k}"}
     for name, value in teacher.named_parameters():
-        if ".encoder.layer." in f".{name}" or name not in own:
+        if name not in own:
             continue
         for dim, (s, t) in enumerate(zip(own[name].shape, value.shape)):
             if (s, t) == (hs, ht):
                 value = value.index_select(dim, channels)
         if value.shape == own[name].shape:
-            own[name].copy_(value)
+            own.pop(name).copy_(value)
+    if own:  # a head the teacher lacks (or shaped otherwise) would start random without a word
+        raise DistillError(f"a pruned student takes every weight from the teacher, which has none for "
+                           f"{sorted(own)[:3]}; fine-tune the teacher on this task first")
+
+
+def check_shape(ct, layers: list[int], hidden_size: int, num_attention_heads: int, intermediate_size: int) -> None:
+    """A pruned student is cut out of the teacher (``ct`` its config): its layers, no wider, same head size."""
+    n_t, d = ct.num_hidden_layers, ct.hidden_size // ct.num_attention_heads
+    if not layers or any(not 0 <= i < n_t for i in layers):
+        raise DistillError(f"student layers={layers} is impossible for a {n_t}-layer teacher; "
+                           f"pick indices in 0..{n_t - 1}")
+    for name, value, most in (("hidden_size", hidden_size, ct.hidden_size),
+                              ("intermediate_size", intermediate_size, ct.intermediate_size)):
+        if not 0 < value <= most:
+            raise DistillError(f"student.{name}={value}, but a pruned student is cut out of the teacher's {most}; "
+                               f"set it in 1..{most}")
+    if hidden_size != num_attention_heads * d:
+        raise DistillError(f"student.hidden_size={hidden_size} with the teacher's head size {d} needs "
+                           f"num_attention_heads={hidden_size / d:g} (hidden_size a multiple of {d}), "
+                           f"not {num_attention_heads}")
 
 
 def student_pruned_from_teacher(
@@ -153,30 +181,24 @@ def student_pruned_from_teacher(
     """The teacher's ``layers`` (0-based), each cut to its ``num_attention_heads`` and ``intermediate_size``
     most active heads and neurons, over its ``hidden_size`` most active hidden channels, ranked on
     ``calibration`` rows of ``texts`` (the training split; the run passes it)."""
-    teacher = _single(teacher)
-    _same_vocab(teacher, "student=pruned", "pick a student of its own, e.g. student=bert_l4_h128")
+    teacher = single_teacher(teacher)
+    require_same_vocab(teacher, "student=pruned_*", "pick a student of its own, e.g. student=bert_l4_h128")
     ct = teacher.config
-    d = ct.hidden_size // ct.num_attention_heads
-    n_t = ct.num_hidden_layers
     layers = [int(i) for i in layers]
-    if not layers or any(not 0 <= i < n_t for i in layers):
-        raise DistillError(f"student layers={layers} is impossible for a {n_t}-layer teacher; "
-                           f"pick indices in 0..{n_t - 1}")
-    if not 0 < hidden_size <= ct.hidden_size or not 0 < intermediate_size <= ct.intermediate_size:
-        raise DistillError(f"student=pruned cuts the teacher down: hidden_size ≤ {ct.hidden_size} and "
-                           f"intermediate_size ≤ {ct.intermediate_size}")
-    if hidden_size != num_attention_heads * d or not 0 < num_attention_heads <= ct.num_attention_heads:
-        raise DistillError(f"student=pruned keeps the teacher's head size {d}: set num_attention_heads="
-                           f"hidden_size/{d} (≤ {ct.num_attention_heads}), here {hidden_size}/{d}")
+    check_shape(ct, layers, hidden_size, num_attention_heads, intermediate_size)
     if texts is None:
-        raise DistillError("student=pruned ranks the teacher's parts on the training text; build it through "
+        raise DistillError("a pruned student ranks the teacher's parts on the training text; build it through "
                            "distill train / pipeline (which pass texts=) or give texts")
-    tokenizer = load_tokenizer(ct.name_or_path or minilm_l6_path())
+    if not ct.name_or_path:
+        raise DistillError("a pruned student tokenizes its calibration text with the teacher's tokenizer, and "
+                           "this teacher names none (config.name_or_path); load it from its dir")
+    tokenizer = load_tokenizer(ct.name_or_path)
     sample = calibration_rows(texts, calibration)
     device = next(teacher.parameters()).device
     batches = (tokenizer(sample[i:i + 64], truncation=True, max_length=max_length, padding=True,
                          return_tensors="pt").to(device) for i in range(0, len(sample), 64))
-    score = importance(_encoder(teacher), batches)
+    t_enc = encoder_of(teacher)
+    score = importance(t_enc, batches)
     config = student_config(teacher, num_hidden_layers=len(layers), hidden_size=hidden_size,
                             num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                             attention_probs_dropout_prob=attention_probs_dropout_prob,
@@ -184,8 +206,8 @@ def student_pruned_from_teacher(
     student = type(teacher)(config)
     student.init_weights()
     channels = top(score.channels, hidden_size).to(device)
-    for s_layer, i_t in zip(_encoder(student).encoder.layer, layers):
-        slice_layer(s_layer, _encoder(teacher).encoder.layer[i_t], channels,
+    for s_layer, i_t in zip(encoder_of(student).encoder.layer, layers):
+        slice_layer(s_layer, t_enc.encoder.layer[i_t], channels,
                     top(score.heads[i_t], num_attention_heads).to(device),
                     top(score.neurons[i_t], intermediate_size).to(device))
     slice_rest(student, teacher, channels, hidden_size, ct.hidden_size)

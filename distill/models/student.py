@@ -1,8 +1,9 @@
 """Build a student from a teacher: a fresh config, or a subset of the teacher's layers.
 
 Every builder takes the teacher first, so a Hydra node ``{_target_: ..., layers: [0, 5]}`` is
-completed at run time with ``instantiate(cfg.student, teacher=teacher)``. The student inherits
-what must match for distillation: vocab, max positions, task and label mapping.
+completed at run time with ``instantiate(cfg.student, teacher=teacher)`` (a builder that also takes
+``texts``, :mod:`distill.models.prune`, gets the training split too). The student inherits what must
+match for distillation: vocab, max positions, task and label mapping.
 """
 
 from __future__ import annotations
@@ -23,14 +24,14 @@ from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path
 log = logging.getLogger(__name__)
 
 
-def _encoder(model: BertPreTrainedModel) -> BertModel:
+def encoder_of(model: BertPreTrainedModel) -> BertModel:
     return model if isinstance(model, BertModel) else model.bert
 
 
 def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
     """The teacher's config with ``changes`` applied (vocab, labels, positions carried over); a teacher of
     another architecture gives only its labels, the vocabulary is its ``student_tokenizer``'s."""
-    teacher = _single(teacher)
+    teacher = single_teacher(teacher)
     config = _own_vocab_config(teacher) if is_foreign(teacher) else copy.deepcopy(teacher.config)
     for key, value in changes.items():
         if value is not None:
@@ -39,7 +40,7 @@ def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
     return config
 
 
-def _single(teacher):
+def single_teacher(teacher):
     """An ensemble of teachers builds its student from its first member."""
     return getattr(teacher, "primary", teacher)
 
@@ -51,7 +52,7 @@ def _own_vocab_config(teacher) -> BertConfig:
                       label2id={n: i for i, n in labels.items()})
 
 
-def _same_vocab(teacher, what: str, fix: str) -> None:
+def require_same_vocab(teacher, what: str, fix: str) -> None:
     if is_foreign(teacher):
         raise DistillError(f"{what} copies from a BERT teacher of the student's vocabulary, but this teacher is a "
                            f"{teacher.config.model_type} with its own tokenizer; {fix}")
@@ -74,7 +75,7 @@ def student_from_config(
     ``hidden_size`` equal to the teacher's. ``project_embeddings`` works for a narrower student: the
     teacher's embeddings projected onto their top ``hidden_size`` principal directions.
     """
-    teacher = _single(teacher)
+    teacher = single_teacher(teacher)
     for name, value in (("num_hidden_layers", num_hidden_layers), ("hidden_size", hidden_size),
                         ("num_attention_heads", num_attention_heads)):
         if int(value) < 1:
@@ -92,7 +93,7 @@ def student_from_config(
     student.init_weights()
     if init_embeddings or project_embeddings:
         name = "init_embeddings" if init_embeddings else "project_embeddings"
-        _same_vocab(teacher, f"student.{name}", f"set student.{name}=false")
+        require_same_vocab(teacher, f"student.{name}", f"set student.{name}=false")
     if init_embeddings and project_embeddings:
         raise DistillError("set one of init_embeddings (copy, equal widths) and project_embeddings (PCA), not both")
     if init_embeddings:
@@ -110,7 +111,7 @@ def copy_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) 
             f"init_embeddings needs equal widths but student hidden_size={hs}, teacher {ht}; "
             "set init_embeddings=false or hidden_size to the teacher's"
         )
-    _encoder(student).embeddings.load_state_dict(_encoder(teacher).embeddings.state_dict())
+    encoder_of(student).embeddings.load_state_dict(encoder_of(teacher).embeddings.state_dict())
 
 
 @torch.no_grad()
@@ -123,7 +124,7 @@ def pca_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -
     the student's LayerNorm keeps its fresh init (γ = 1, β = 0). Each direction's sign is fixed (its
     largest entry positive), so the same teacher gives the same student with any LAPACK.
     """
-    es, et = _encoder(student).embeddings, _encoder(teacher).embeddings
+    es, et = encoder_of(student).embeddings, encoder_of(teacher).embeddings
     hs, ht = student.config.hidden_size, teacher.config.hidden_size
     if hs > ht:
         raise DistillError(f"project_embeddings needs a student no wider than the teacher ({hs} > {ht}); "
@@ -149,8 +150,8 @@ def student_from_teacher(
     ``layers=[0, 5]`` of a 6-layer teacher gives a 2-layer student whose layer 1 is teacher layer 0
     and layer 2 is teacher layer 5.
     """
-    teacher = _single(teacher)
-    _same_vocab(teacher, "student=from_teacher", "pick a student of its own, e.g. student=bert_l4_h128")
+    teacher = single_teacher(teacher)
+    require_same_vocab(teacher, "student=from_teacher", "pick a student of its own, e.g. student=bert_l4_h128")
     n_t = teacher.config.num_hidden_layers
     layers = [int(i) for i in layers]
     bad = [i for i in layers if not 0 <= i < n_t]
@@ -167,7 +168,7 @@ def student_from_teacher(
     )
     student = type(teacher)(config)
     student.init_weights()
-    enc_s, enc_t = _encoder(student), _encoder(teacher)
+    enc_s, enc_t = encoder_of(student), encoder_of(teacher)
     enc_s.embeddings.load_state_dict(enc_t.embeddings.state_dict())
     for i_s, i_t in enumerate(layers):
         enc_s.encoder.layer[i_s].load_state_dict(enc_t.encoder.layer[i_t].state_dict())
@@ -187,7 +188,7 @@ def student_from_pretrained(teacher: BertPreTrainedModel, name_or_path: str, **c
     E.g. the student of an earlier distillation stage (``distill pipeline`` with ``intermediate:``) or a
     task-agnostic distilled BERT. Its head takes the teacher's labels; vocab must match the teacher's.
     """
-    teacher = _single(teacher)
+    teacher = single_teacher(teacher)
     task = getattr(teacher, "task", None)  # every distill BERT class names its task
     if task not in TASK_CLASSES:
         raise DistillError(f"the teacher is a {type(teacher).__name__}, not one of distill's BERT classes")
@@ -205,7 +206,7 @@ def count_parameters(model: BertPreTrainedModel) -> dict[str, int]:
     params = {id(p): p for p in model.parameters()}
     total = sum(p.numel() for p in params.values())
     foreign = is_foreign(model)
-    embeddings = getattr(model.model.base_model, "embeddings", None) if foreign else _encoder(model).embeddings
+    embeddings = getattr(model.model.base_model, "embeddings", None) if foreign else encoder_of(model).embeddings
     emb = sum(p.numel() for p in embeddings.parameters()) if embeddings is not None else 0
     return {"total": total, "non_embedding": total - emb}
 
