@@ -1,6 +1,8 @@
 """student=pruned: a compact student cut out of the teacher's most active channels, heads and neurons."""
 
 import copy
+import json
+from pathlib import Path
 
 import hydra
 import pytest
@@ -148,3 +150,24 @@ def test_the_run_ranks_on_the_training_split():
         cfg = compose("config", overrides=overrides + ["++student.colour=red"])
     with pytest.raises(DistillError, match="student: .*colour.*; remove or rename that key"):
         build_models(cfg, data)
+
+
+def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path):
+    """`distill pipeline recipe=mr_compact_pruned` (tiny teacher, a student shaped for it): the KD student and
+    its no-KD twin both start pruned from the fine-tuned teacher, at the same shape."""
+    from tests.test_augment import TINY_MLM, _cli
+
+    shape = ["student.layers=[1, 0]", "student.hidden_size=16", "student.num_attention_heads=2",
+             "student.intermediate_size=32"]
+    run = _cli("pipeline", "recipe=mr_compact_pruned", "teacher=tiny", *shape, "data.limit=48", "finetune.max_steps=2",
+               *TINY_MLM, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
+               f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
+    for name in ("distill", "baseline"):
+        config = json.loads((dirs[name] / "student" / "config.json").read_text())
+        assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (2, 16, 32)
+    log = (tmp_path / "run" / "cli.log").read_text()
+    assert log.count("student pruned from teacher layers [1, 0]: 16 of 32 hidden channels") == 2, log[-3000:]
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert {"student (KD)", "student (no KD)"} <= set(report["models"])
