@@ -62,7 +62,7 @@ def build_models(cfg: DictConfig, data):
         if cfg.data.get("mlm"):  # the head it teaches with, before a student built from it copies it
             teacher = with_masked_lm_head(cfg, teacher, data)
     log.info("Instantiating student <%s>", cfg.student._target_)
-    builder = inspect.signature(hydra.utils.get_method(cfg.student._target_)).parameters
+    builder = _builder_parameters(cfg.student._target_)
     if teacher is not None and "texts" in builder:  # student=pruned_* ranks the teacher's parts on them
         student = _with_texts(cfg.student, teacher, train_texts(data))
     elif teacher is not None:
@@ -73,6 +73,15 @@ def build_models(cfg: DictConfig, data):
     else:
         student = hydra.utils.instantiate(cfg.student, task=task, **labels)
     return teacher, student
+
+
+def _builder_parameters(target: str):
+    """The student builder's parameters, or one line when ``student._target_`` does not import."""
+    try:
+        return inspect.signature(hydra.utils.get_method(target)).parameters
+    except ImportError:
+        raise DistillError(f"student._target_={target} cannot be imported; pick a student config "
+                           "(`distill train --help` lists them) or fix the path") from None
 
 
 def _with_texts(node: DictConfig, teacher, texts: list[str]):

@@ -150,6 +150,10 @@ def test_the_run_ranks_on_the_training_split():
         cfg = compose("config", overrides=overrides + ["++student.colour=red"])
     with pytest.raises(DistillError, match="student: .*colour.*; remove or rename that key"):
         build_models(cfg, data)
+    with initialize_config_module("distill.conf", version_base="1.3"):
+        cfg = compose("config", overrides=overrides + ["student._target_=distill.models.prune.nope"])
+    with pytest.raises(DistillError, match=r"^student._target_=distill.models.prune.nope cannot be imported; pick"):
+        build_models(cfg, data)
 
 
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path):
