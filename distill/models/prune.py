@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from distill.errors import DistillError
 from distill.models.bert import BertLayer, BertModel, BertPreTrainedModel
 from distill.models.hub import load_tokenizer
-from distill.models.student import encoder_of, require_same_vocab, single_teacher, student_config
+from distill.models.student import encoder_of, require_same_vocab, single_teacher, student_config, teacher_layers
 
 log = logging.getLogger(__name__)
 
@@ -149,12 +149,9 @@ def slice_rest(student: nn.Module, teacher: nn.Module, channels: Tensor, hs: int
                            f"{sorted(own)[:3]}; fine-tune the teacher on this task first")
 
 
-def check_shape(ct, layers: list[int], hidden_size: int, num_attention_heads: int, intermediate_size: int) -> None:
-    """A pruned student is cut out of the teacher (``ct`` its config): its layers, no wider, same head size."""
-    n_t, d = ct.num_hidden_layers, ct.hidden_size // ct.num_attention_heads
-    if not layers or any(not 0 <= i < n_t for i in layers):
-        raise DistillError(f"student layers={layers} is impossible for a {n_t}-layer teacher; "
-                           f"pick indices in 0..{n_t - 1}")
+def check_shape(ct, hidden_size: int, num_attention_heads: int, intermediate_size: int) -> None:
+    """A pruned student is cut out of the teacher (``ct`` its config): no wider, same head size."""
+    d = ct.hidden_size // ct.num_attention_heads
     for name, value, most in (("hidden_size", hidden_size, ct.hidden_size),
                               ("intermediate_size", intermediate_size, ct.intermediate_size)):
         if not 0 < value <= most:
@@ -184,8 +181,8 @@ def student_pruned_from_teacher(
     teacher = single_teacher(teacher)
     require_same_vocab(teacher, "student=pruned_*", "pick a student of its own, e.g. student=bert_l4_h128")
     ct = teacher.config
-    layers = [int(i) for i in layers]
-    check_shape(ct, layers, hidden_size, num_attention_heads, intermediate_size)
+    layers = teacher_layers(layers, ct.num_hidden_layers)
+    check_shape(ct, hidden_size, num_attention_heads, intermediate_size)
     if texts is None:
         raise DistillError("a pruned student ranks the teacher's parts on the training text; build it through "
                            "distill train / pipeline (which pass texts=) or give texts")

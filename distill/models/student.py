@@ -138,6 +138,15 @@ def pca_embeddings(student: BertPreTrainedModel, teacher: BertPreTrainedModel) -
         getattr(es, name).weight.copy_(table @ basis)  # (rows, H_s)
 
 
+def teacher_layers(layers: Sequence[int], n_t: int) -> list[int]:
+    """The student's teacher layers as ints (0-based), or one line when one is not in 0..n_t-1."""
+    layers = [int(i) for i in layers]
+    if not layers or any(not 0 <= i < n_t for i in layers):
+        raise DistillError(f"student layers={layers} is impossible for a {n_t}-layer teacher; "
+                           f"pick indices in 0..{n_t - 1}")
+    return layers
+
+
 def student_from_teacher(
     teacher: BertPreTrainedModel,
     layers: Sequence[int],
@@ -153,13 +162,7 @@ def student_from_teacher(
     teacher = single_teacher(teacher)
     require_same_vocab(teacher, "student=from_teacher", "pick a student of its own, e.g. student=bert_l4_h128")
     n_t = teacher.config.num_hidden_layers
-    layers = [int(i) for i in layers]
-    bad = [i for i in layers if not 0 <= i < n_t]
-    if not layers or bad:
-        raise DistillError(
-            f"student layers={layers} is impossible for a {n_t}-layer teacher; "
-            f"pick indices in 0..{n_t - 1}"
-        )
+    layers = teacher_layers(layers, n_t)
     config = student_config(
         teacher,
         num_hidden_layers=len(layers),
