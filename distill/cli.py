@@ -222,9 +222,15 @@ def _data(name: str, extra: dict) -> tuple[object, int]:
 
 
 def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
-    """A pipeline run dir → its teacher, KD student and baseline dirs, plus the run's config."""
+    """A run dir → its models and config: a pipeline run's teacher, KD student and baseline dirs; a
+    `distill train` run's student, and its teacher when the run read one saved model (``name_or_path``)."""
     from omegaconf import OmegaConf
 
+    if (run / "student").is_dir() and not (run / "pipeline.json").is_file():  # a `distill train` run dir
+        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
+        teacher = (cfg.get("teacher") or {}).get("name_or_path")
+        models = {"teacher": str(teacher)} if isinstance(teacher, str) else {}
+        return {**models, "student (KD)": str(run / "student")}, None, cfg
     if not (run / "pipeline.json").is_file():
         raise DistillError(f"{run} is not a pipeline run dir (no pipeline.json) nor a train run dir (no student/); "
                            "pass teacher=DIR students=[DIR,...] data=NAME (compare) or model=DIR (export)")
@@ -247,6 +253,9 @@ def compare_cmd(args: list[str]) -> None:
     kv = _kv(args, "compare")
     if "run" in kv:
         models, baseline, cfg = _run_models(Path(kv["run"]))
+        if "teacher" not in models:  # a train run whose teacher was built, not read from one dir (e.g. teacher=tiny)
+            raise DistillError(f"{kv['run']} is a `distill train` run whose teacher is not a saved model dir; pass "
+                               f"teacher=DIR students=[{Path(kv['run']) / 'student'}] data=NAME")
         data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
         out = kv.get("out", kv["run"])
     else:
@@ -278,14 +287,8 @@ def export_cmd(args: list[str]) -> None:
     data, max_length = None, 128
     if "run" in kv:
         run = Path(kv["run"])
-        if (run / "student").is_dir() and not (run / "pipeline.json").is_file():  # a `distill train` run dir
-            from omegaconf import OmegaConf
-
-            model, cfg = str(run / "student"), OmegaConf.load(run / ".hydra" / "config.yaml")
-        else:
-            models, _, cfg = _run_models(run)
-            model = models["student (KD)"]
-        out = run / "export"
+        models, _, cfg = _run_models(run)  # a pipeline's KD student, or a train run's student
+        model, out = models["student (KD)"], run / "export"
         data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
     elif "model" in kv:
         model, out = kv["model"], Path(kv.get("out", Path(kv["model"]) / "export"))
@@ -318,12 +321,8 @@ def predict_cmd(args: list[str]) -> None:
                            "(or FILE.onnx) input=FILE (or - for stdin) [output= text_column= max_length= batch_size=]")
     model, max_length = Path(str(kv["model"])).expanduser(), 128  # a student dir or .onnx file: 128 unless given
     if not (model / "config.json").is_file() and (model / ".hydra" / "config.yaml").is_file():  # a run dir
-        from omegaconf import OmegaConf
-
-        cfg = OmegaConf.load(model / ".hydra" / "config.yaml")
-        model = Path(_run_models(model)[0]["student (KD)"]) if (model / "pipeline.json").is_file() \
-            else model / "student"
-        max_length = int(cfg.data.max_length)  # the length it trained at
+        models, _, cfg = _run_models(model)
+        model, max_length = Path(models["student (KD)"]), int(cfg.data.max_length)  # the length it trained at
     out = predict_file(str(model), str(kv["input"]), str(kv.get("output", "predictions.csv")),
                        text_column=str(kv.get("text_column", "text")),
                        max_length=int(kv.get("max_length", max_length)), batch_size=int(kv.get("batch_size", 32)))

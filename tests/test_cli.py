@@ -491,6 +491,30 @@ def test_compare_teacher_students_baseline_as_the_readme_shows(tmp_path):
     assert "student vs best: paired bootstrap over rows" in run.stdout
 
 
+def test_compare_run_of_a_train_run_as_the_readme_shows(tmp_path):
+    """`distill compare run=outputs/runs/<time>` right after `distill train teacher=hf_dir ...`: the run's
+    student against the teacher dir it read; a teacher that was built, not read (teacher=tiny), is one line."""
+    first = _cli("train", "teacher=tiny", "student=tiny", "data=tiny", "trainer.max_steps=2",
+                 f"hydra.run.dir={tmp_path / 'a'}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    refused = _cli("compare", f"run={tmp_path / 'a'}")
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'a'} is a `distill train` run whose teacher is not a saved model dir; pass "
+        f"teacher=DIR students=[{tmp_path / 'a' / 'student'}] data=NAME")
+    teacher = tmp_path / "a" / "student"
+    second = _cli("train", "teacher=hf_dir", f"teacher.name_or_path={teacher}", "student=tiny", "data=tiny",
+                  "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'b'}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    run = _cli("compare", f"run={tmp_path / 'b'}", "threads=1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads((tmp_path / "b" / "report.json").read_text())
+    assert set(report["models"]) == {"teacher", "student (KD)"} and report["baseline"] is None
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())  # the run's own test score, re-measured
+    for name, key in (("student (KD)", "student"), ("teacher", "teacher")):
+        assert report["models"][name]["metrics"]["accuracy"]["value"] == pytest.approx(metrics[key]["accuracy"])
+
+
 def test_compare_and_export_keep_paths_as_written():
     """Paths are not read as Hydra values: a sweep-named run dir, a number-like dir, ~ and spaces stay
     text; other keys take Hydra's grammar, as `distill train` does."""
