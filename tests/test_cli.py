@@ -65,7 +65,7 @@ def test_hydra_flags_with_values_reach_hydra(tmp_path):
     run = _cli("train", "recipe=quickstart", "--cfg", "job", "--package", "data.augment", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-2000:]
     augment = OmegaConf.create(run.stdout)  # the node alone: augment exists only through the recipe
-    assert augment.n == 8 and augment.top_k == 15
+    assert augment.n == 8 and augment.top_k == 15 and augment.method == "neighbours"
     trainer = OmegaConf.create(_cli("train", "--cfg", "job", "--package", "trainer", "recipe=quickstart",
                                     cwd=tmp_path).stdout)  # the schema's keys with the recipe's values
     assert (trainer.epochs, trainer.lr, trainer.mixed_precision, trainer.keep_last) == (1, 2e-4, "auto", 2)
