@@ -226,6 +226,9 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
     `distill train` run's student, and its teacher when the run read one saved model (``name_or_path``)."""
     from omegaconf import OmegaConf
 
+    if not (run / ".hydra" / "config.yaml").is_file():
+        raise DistillError(f"{run} holds no .hydra/config.yaml, so it is not a distill run dir; pass model=DIR "
+                           "(export, predict) or teacher=DIR students=[DIR,...] data=NAME (compare)")
     if (run / "student").is_dir() and not (run / "pipeline.json").is_file():  # a `distill train` run dir
         cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         teacher = (cfg.get("teacher") or {}).get("name_or_path")

@@ -515,6 +515,14 @@ def test_compare_run_of_a_train_run_as_the_readme_shows(tmp_path):
         assert report["models"][name]["metrics"]["accuracy"]["value"] == pytest.approx(metrics[key]["accuracy"])
 
 
+def test_a_dir_without_a_run_config_is_one_line(tmp_path):
+    from distill.cli import _run_models
+
+    (tmp_path / "student").mkdir()  # a copied student dir's parent: no .hydra/config.yaml
+    with pytest.raises(DistillError, match="holds no .hydra/config.yaml, so it is not a distill run dir"):
+        _run_models(tmp_path)
+
+
 def test_compare_and_export_keep_paths_as_written():
     """Paths are not read as Hydra values: a sweep-named run dir, a number-like dir, ~ and spaces stay
     text; other keys take Hydra's grammar, as `distill train` does."""
