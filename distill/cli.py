@@ -229,8 +229,8 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
     if not (run / ".hydra" / "config.yaml").is_file():
         raise DistillError(f"{run} holds no .hydra/config.yaml, so it is not a distill run dir; pass model=DIR "
                            "(export, predict) or teacher=DIR students=[DIR,...] data=NAME (compare)")
+    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     if (run / "student").is_dir() and not (run / "pipeline.json").is_file():  # a `distill train` run dir
-        cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
         teacher = (cfg.get("teacher") or {}).get("name_or_path")
         models = {"teacher": str(teacher)} if isinstance(teacher, str) else {}
         return {**models, "student (KD)": str(run / "student")}, None, cfg
@@ -238,7 +238,6 @@ def _run_models(run: Path) -> tuple[dict[str, str], str | None, dict]:
         raise DistillError(f"{run} is not a pipeline run dir (no pipeline.json) nor a train run dir (no student/); "
                            "pass teacher=DIR students=[DIR,...] data=NAME (compare) or model=DIR (export)")
     stages = json.loads((run / "pipeline.json").read_text())
-    cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     models = {"teacher": stages["teacher"], "student (KD)": str(Path(stages["distill"]) / "student")}
     if "baseline" in stages:  # recipe=auto's run dir: the shipped student, no baseline
         models["student (no KD)"] = str(Path(stages["baseline"]) / "student")
