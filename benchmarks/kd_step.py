@@ -108,10 +108,12 @@ def hard_loss(student) -> CompositeLoss:
 
 
 def engine_step_times(setup: Setup, loss_of, teacher=None, max_steps: int | None = None, epochs: float = 1.0,
-                      cache_key: str | None = None, mixed_precision: str = "no") -> tuple[list[float], dict]:
+                      cache_key: str | None = None, mixed_precision: str = "no",
+                      **settings) -> tuple[list[float], dict]:
     """One ``distill.engine.train`` run on a fresh copy of the student; per-step seconds from the loop's
     own samples/s log (one record per step), in step order, and the run's summary. ``cache_key``
-    turns the teacher-logit cache on (a fresh cache dir per run: epoch 1 fills it)."""
+    turns the teacher-logit cache on (a fresh cache dir per run: epoch 1 fills it); ``settings``: more
+    ``TrainerConfig`` fields."""
     student = copy.deepcopy(setup.student)
     loss = loss_of(student)
     # checkpoints in memory (/dev/shm): the run's final save_state must not leave disk write-back
@@ -120,7 +122,7 @@ def engine_step_times(setup: Setup, loss_of, teacher=None, max_steps: int | None
     with tempfile.TemporaryDirectory(prefix="kd_step_", dir=scratch) as out:
         cfg = TrainerConfig(epochs=epochs, max_steps=max_steps, lr=1e-4, log_every=1, save_every=10**9,
                             resume=None, teacher_cache=cache_key is not None, cache_dir=str(Path(out) / "cache"),
-                            load_best_at_end=False, mixed_precision=mixed_precision)
+                            load_best_at_end=False, mixed_precision=mixed_precision, **settings)
         with contextlib.redirect_stderr(io.StringIO()):  # the engine's progress bar, not the table's lines
             summary = train(cfg, student, loss, setup.loader(), None, out, "sequence", ["negative", "positive"],
                             teacher=teacher, cache_key=cache_key)

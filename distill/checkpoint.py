@@ -31,9 +31,9 @@ BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_nam
 FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps", "allow_untrained"}  # last: a guard only
 PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description",
                  "auto.", "target.")
-# trainer keys added after runs existed, with a None default: absent from an older checkpoint or stage key means
-# None, so those runs still resume and their stage dirs are still reused
-ADDED_AS_NONE = frozenset({"metric_for_best"})
+# trainer keys added after runs existed, with the value that computes what runs before them did: absent from an
+# older checkpoint or stage key means that value, so those runs still resume (with it) and their stage dirs are reused
+ADDED_WITH = {"metric_for_best": None, "trim_embeddings": False}
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -89,8 +89,8 @@ def changed_settings(saved: dict, config: dict) -> list[str]:
     keys = sorted(set(saved) | set(config))
     keep = [k for k in keys if k.rsplit(".", 1)[-1] not in FREE_TO_CHANGE and not k.startswith(PIPELINE_ONLY)]
     missing = "(unset)"
-    keep = [k for k in keep if not (k.rsplit(".", 1)[-1] in ADDED_AS_NONE and k not in saved
-                                    and config.get(k) in (None, "None"))]
+    added = {k: ADDED_WITH[k.rsplit(".", 1)[-1]] for k in keep if k not in saved and k.rsplit(".", 1)[-1] in ADDED_WITH}
+    saved = {**{k: "None" if v is None else v for k, v in added.items()}, **saved}  # as flat_scalars writes them
     return [f"{k}={saved.get(k, missing)} (now {config.get(k, missing)})" for k in keep
             if json.dumps(saved.get(k, missing), default=str) != json.dumps(config.get(k, missing), default=str)]
 

@@ -29,6 +29,7 @@ from transformers import get_scheduler
 
 from distill.atomic import check_writable
 from distill.checkpoint import resume, save_checkpoint
+from distill.data.collate import Collator
 from distill.data.tokenize import lengths
 from distill.errors import DistillError
 from distill.evaluate import (
@@ -42,6 +43,7 @@ from distill.evaluate import (
 )
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
+from distill.models.used_rows import used_rows_only
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.schema import TrainerConfig
 from distill.teacher_cache import CACHEABLE, Layers, TeacherCache
@@ -102,7 +104,8 @@ def make_accelerator(cfg: TrainerConfig, out: Path, find_unused: bool) -> Accele
         log_with=cfg.log_with, project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
                                                   data_seed=cfg.seed),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
+        # no buffer changes in training (no running statistics): UsedRows' frozen table need not go out every step
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused, broadcast_buffers=False)],
     )
 
 
@@ -381,6 +384,22 @@ class Checkpoints:
             save_checkpoint(self.accelerator, self.out, asdict(state), self.keep_last, self.settings)
 
 
+def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
+    """The word-embedding rows a step can look up (``UsedRows``): every id in the training rows, and the
+    collator's padding. None (all rows) when ``trainer.trim_embeddings`` is off, or where other ids reach the
+    table: masked-LM (its decoder is the table; masking draws random ids) or a collator of another kind."""
+    if not cfg.trim_embeddings or task == "mlm" or type(loader.collate_fn) is not Collator:
+        return None
+    dataset = loader.dataset
+    if hasattr(dataset, "data"):  # a datasets.Dataset: its arrow column (unselected rows too: a superset is as exact)
+        import pyarrow.compute as pc
+
+        ids = torch.from_numpy(pc.unique(pc.list_flatten(dataset.data.column("input_ids"))).to_numpy().astype(np.int64))
+    else:
+        ids = torch.tensor(sorted({int(i) for row in dataset for i in row["input_ids"]}), dtype=torch.long)
+    return torch.cat([ids, torch.tensor([loader.collate_fn.pad_token_id])])
+
+
 def make_optimizer(module: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     """AdamW, weight decay on matrices only (not biases or LayerNorm); fused: one kernel over all
     tensors instead of one per tensor — a quarter of a CPU KD step otherwise updates the word embeddings."""
@@ -537,6 +556,15 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
+    with used_rows_only(student, trained_rows(cfg, train_loader, task)):
+        loop, state = run_loop(cfg, accelerator, student, loss, train_loader, eval_loader, out, task, label_names,
+                               teacher, cache_key, run_config)
+    return finish(loop, state, student, out, final_metrics)
+
+
+def run_loop(cfg: TrainerConfig, accelerator: Accelerator, student: nn.Module, loss: nn.Module, train_loader,
+             eval_loader, out: Path, task: str, label_names, teacher, cache_key, run_config) -> tuple[Loop, LoopState]:
+    """Prepare, resume, train to the last step, evaluate and checkpoint it: the loop's part of ``train``."""
     best_metric = metric_for_best(cfg.metric_for_best, task)  # a wrong name stops here, before any step
     module = StudentWithLoss(student, loss)
     optimizer = make_optimizer(module, cfg)
@@ -570,18 +598,18 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
                desc="distill" if teacher is not None else "fine-tune")
     loop.run(state, bar)
     bar.close()
-    return finish(loop, state, plain.student, out, final_metrics)
-
-
-def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_metrics) -> TrainResult:
-    """The last evaluation and checkpoint, the best weights back in ``student``, test metrics to the trackers."""
-    accelerator = loop.accelerator
     if loop.targets is not None:
         loop.targets.flush()
     if loop.evaluation is not None and state.eval_step != state.global_step:
         loop.evaluation(state, loop.metrics_log)
     loop.check_nonfinite(state)
     loop.save(state)
+    return loop, state
+
+
+def finish(loop: Loop, state: LoopState, student: nn.Module, out: Path, final_metrics) -> TrainResult:
+    """The best weights back in ``student``, test metrics to the trackers."""
+    accelerator = loop.accelerator
     if loop.cfg.load_best_at_end and (out / "best").is_dir():
         from distill.models.hub import load_state_dict, load_weights
         load_weights(student, load_state_dict(out / "best"), str(out / "best"))

@@ -17,7 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from distill import launch
-from distill.checkpoint import ADDED_AS_NONE, BOOKKEEPING
+from distill.checkpoint import ADDED_WITH, BOOKKEEPING
 from distill.data.corpus import train_texts
 from distill.errors import DistillError
 from distill.run import run_training
@@ -62,7 +62,8 @@ def stage_identity(resolved: dict) -> dict:
     trainer = resolved.get("trainer")
     if trainer is None:
         return resolved
-    trainer = {k: v for k, v in trainer.items() if k not in BOOKKEEPING and not (k in ADDED_AS_NONE and v is None)}
+    trainer = {k: v for k, v in trainer.items()
+               if k not in BOOKKEEPING and not (k in ADDED_WITH and v == ADDED_WITH[k])}
     if "mixed_precision" in trainer:
         trainer["mixed_precision"] = launch.effective_precision(trainer["mixed_precision"])
     if trainer.get("grad_accum", 1) is None:

@@ -26,6 +26,9 @@ class TrainerConfig:
     scheduler: str = "linear"  # any transformers.get_scheduler name
     grad_accum: int | None = None  # None: the launcher's (accelerate launch --gradient_accumulation_steps), else 1
     max_grad_norm: float | None = 1.0
+    # train only the word-embedding rows the training rows use (the rest take AdamW's decay in closed form):
+    # the same weights within float rounding, fewer rows to update each step (distill.models.used_rows)
+    trim_embeddings: bool = True
     # no | bf16 | fp16 | auto (bf16 where this machine runs it natively, else no); None: the launcher's
     mixed_precision: str | None = None
     seed: int = 0

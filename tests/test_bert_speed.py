@@ -1,5 +1,5 @@
-"""benchmarks/bert_speed.py and dropout_speed.py as the README runs them (tiny shapes): they run, and the last
-line is the JSON the README quotes, each ratio a positive number; the timed numbers are not asserted."""
+"""benchmarks/bert_speed.py, dropout_speed.py and trim_speed.py as the README runs them (tiny shapes): they run,
+and the last line is the JSON the README quotes, each ratio a positive number; the timed numbers are not asserted."""
 
 import json
 import subprocess
@@ -30,6 +30,17 @@ def test_dropout_speed_prints_its_ratios_as_json():
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert last["auto_precision"] in ("bf16", "no")
     assert all(last[f"{p}_{k}"] > 0 for p in ("fp32", "auto") for k in ("speedup", "change_speedup"))
+
+
+def test_trim_speed_prints_its_ratios_as_json():
+    """benchmarks/trim_speed.py (2 steps, 1 round): each model trains through the engine with the used rows and
+    with every row; the table's rows are MR's training ids."""
+    out = subprocess.run([sys.executable, "benchmarks/trim_speed.py", "--steps", "2", "--repeats", "1", "--no-wait"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(last[f"{m}_speedup"] > 0 for m in ("student", "compact", "teacher"))
+    assert 5_000 < last["rows_trained"] < last["rows"] == 30522
 
 
 def test_dropout_speed_swaps_every_dropout_site(monkeypatch):

@@ -387,7 +387,11 @@ def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "None"}) == []
     assert changed_settings(old, {"trainer.lr": 1e-4, "teacher.allow_untrained": False}) == []  # a guard only
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.metric_for_best": "macro_f1"}) == [
-        "trainer.metric_for_best=(unset) (now macro_f1)"]
+        "trainer.metric_for_best=None (now macro_f1)"]
+    # saved before trainer.trim_embeddings: those runs trained every row, and resume so
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.trim_embeddings": False}) == []
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.trim_embeddings": True}) == [
+        "trainer.trim_embeddings=False (now True)"]
 
 
 def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp_path):

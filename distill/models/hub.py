@@ -22,6 +22,7 @@ from distill.atomic import atomic_dir
 from distill.errors import DistillError
 from distill.models.bert import BertModel, BertPreTrainedModel
 from distill.models.heads import TASK_CLASSES
+from distill.models.used_rows import standard_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -267,7 +268,7 @@ def save_pretrained(model: BertPreTrainedModel, out_dir: str | os.PathLike, toke
         config.pop("name_or_path", None)
         config.pop("_name_or_path", None)
         (tmp / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        sd = {k: v.detach().cpu().contiguous() for k, v in standard_state_dict(model).items()}  # a UsedRows table: full
         sd.pop("cls.predictions.decoder.weight", None)  # tied to the word embeddings
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         if tokenizer is not None:

@@ -1,0 +1,95 @@
+"""Train only the word-embedding rows a training set looks up; every other row follows AdamW's decay alone.
+
+A row no training token looks up gets a zero gradient on every step: AdamW's moments for it stay 0, so
+its only change is the decoupled weight decay ``w ← w·(1 − lr_t·wd)``. Training a table of the used rows
+and applying that decay to the others at the end gives the same weights — while the embedding backward,
+gradient clipping and the optimizer touch only those rows (MR uses ~15k of BERT's 30,522; the table is
+most of a small student's parameters). No library does this: torch's sparse embeddings need SparseAdam,
+whose update differs from AdamW's.
+
+    table = UsedRows(embedding, ids)   # ids: (n,) the rows to train
+    table(input_ids) == embedding(input_ids)     # (B, T) → (B, T, H), any ids
+    table.full_weight()                          # (V, H): the table the full training would have reached
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+class UsedRows(nn.Module):
+    """``weight`` (n + 1, H): the rows ``ids`` of the table, then a row of ones that takes the same decay as
+    every unused row (trainable, never looked up: its value is the product of the decay factors so far).
+    ``initial`` (V, H): the table as it was; an unused row is ``initial · weight[-1]``.
+    ``rows`` (V,): id → its row in ``weight``; −1 for an unused id."""
+
+    def __init__(self, embedding: nn.Embedding, ids: Tensor):
+        super().__init__()
+        table = embedding.weight.detach()
+        ids = torch.unique(ids.to(table.device, torch.long))
+        rows = torch.full((table.shape[0],), -1, dtype=torch.long, device=table.device)
+        rows[ids] = torch.arange(len(ids), device=table.device)
+        pad = embedding.padding_idx
+        self.pad_row = int(rows[pad]) if pad is not None and rows[pad] >= 0 else None  # its gradient stays 0
+        self.register_buffer("rows", rows)
+        self.register_buffer("initial", table.clone())
+        self.weight = nn.Parameter(torch.cat([table[ids], torch.ones_like(table[:1])]))
+
+    @property
+    def num_embeddings(self) -> int:
+        return self.initial.shape[0]
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        rows = self.rows[input_ids]  # (B, T)
+        used = F.embedding(rows.clamp(min=0), self.weight, padding_idx=self.pad_row)
+        unused = self.initial[input_ids] * self.weight[-1].detach()  # (B, T, H): no gradient, as in the full table
+        return torch.where((rows < 0).unsqueeze(-1), unused, used)
+
+    def full_weight(self) -> Tensor:
+        """(V, H): the used rows as trained, the others decayed as AdamW decayed them."""
+        with torch.no_grad():
+            full = self.initial * self.weight[-1]
+            used = self.rows >= 0
+            full[used] = self.weight[self.rows[used]]
+            return full
+
+
+@contextmanager
+def used_rows_only(model: nn.Module, ids: Tensor | None):
+    """Within the block, ``model``'s word embeddings train only the rows ``ids`` (None: all rows, unchanged);
+    on leaving it, the full table is back, holding what training the full table would have given. A model
+    without a plain ``nn.Embedding`` table (another architecture) trains as it is."""
+    embeddings = getattr(getattr(model, "bert", model), "embeddings", None)
+    original = getattr(embeddings, "word_embeddings", None)
+    if ids is None or type(original) is not nn.Embedding or (ids.numel() and int(ids.max()) >= original.num_embeddings):
+        yield  # (an id past the table fails the lookup as it would without this)
+        return
+    embeddings.word_embeddings = UsedRows(original, ids)
+    log.info("word embeddings: training the %d of %d rows the training rows use (the rest take the weight decay "
+             "alone; trainer.trim_embeddings)", len(embeddings.word_embeddings.weight) - 1, original.num_embeddings)
+    try:
+        yield
+    finally:
+        trained = embeddings.word_embeddings
+        original.to(trained.weight.device)  # where the trained model went (accelerate's prepare)
+        with torch.no_grad():
+            original.weight.copy_(trained.full_weight())
+        embeddings.word_embeddings = original
+
+
+def standard_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with a ``UsedRows`` table written as the full ``weight`` a plain
+    ``nn.Embedding`` (and transformers) loads."""
+    state = model.state_dict()
+    for name, module in model.named_modules():
+        if isinstance(module, UsedRows):
+            for key in ("weight", "initial", "rows"):
+                state.pop(f"{name}.{key}")
+            state[f"{name}.weight"] = module.full_weight()
+    return state
