@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
@@ -104,8 +105,7 @@ def make_accelerator(cfg: TrainerConfig, out: Path, find_unused: bool) -> Accele
         log_with=cfg.log_with, project_dir=str(out),
         dataloader_config=DataLoaderConfiguration(split_batches=cfg.split_batches, use_seedable_sampler=True,
                                                   data_seed=cfg.seed),
-        # no buffer changes in training (no running statistics): UsedRows' frozen table need not go out every step
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused, broadcast_buffers=False)],
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused)],
     )
 
 
@@ -391,7 +391,7 @@ def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
     if not cfg.trim_embeddings or task == "mlm" or type(loader.collate_fn) is not Collator:
         return None
     dataset = loader.dataset
-    if hasattr(dataset, "data"):  # a datasets.Dataset: its arrow column (unselected rows too: a superset is as exact)
+    if isinstance(dataset, datasets.Dataset):  # its arrow column (unselected rows too: a superset is as exact)
         import pyarrow.compute as pc
 
         ids = torch.from_numpy(pc.unique(pc.list_flatten(dataset.data.column("input_ids"))).to_numpy().astype(np.int64))

@@ -1,5 +1,7 @@
 """Training only the used word-embedding rows (trainer.trim_embeddings) gives the full table's weights."""
 
+import logging
+
 import torch
 from torch import nn
 
@@ -28,7 +30,7 @@ def test_the_table_looks_up_what_the_full_table_does_for_any_id():
     assert torch.equal(table.weight.grad[1], torch.ones(4)) and torch.equal(table.weight.grad[2], 2 * torch.ones(4))
 
 
-def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp_path):
+def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp_path, caplog):
     """Golden: the same run with trainer.trim_embeddings on and off (weight decay 0.01 on the table)."""
     results = {}
     expected = sorted({0} | {i for row in H.dataset()["input_ids"] for i in row})  # the padding id and the data's
@@ -42,8 +44,12 @@ def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp
         if trim:
             used = torch.unique(trained_rows(cfg, train_loader, "sequence"))
             assert used.tolist() == expected
-        train(cfg, student, H.KDTestLoss(), train_loader, val_loader, str(tmp_path / str(trim)), "sequence",
-              teacher=teacher)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="distill.models.used_rows"):
+            train(cfg, student, H.KDTestLoss(), train_loader, val_loader, str(tmp_path / str(trim)), "sequence",
+                  teacher=teacher)
+        said = f"training the {len(expected)} of 99 rows"
+        assert (said in caplog.text) == trim  # the trimmed run really trained the smaller table
         assert type(student.bert.embeddings.word_embeddings) is nn.Embedding  # the plain table is back
         results[trim] = {k: v.clone() for k, v in student.state_dict().items()}
     full, trimmed = results[False], results[True]
@@ -80,3 +86,11 @@ def test_masked_lm_and_other_collators_train_every_row():
     assert trained_rows(H.config(trim_embeddings=False), train_loader, "sequence") is None
     train_loader.collate_fn = lambda rows: H.collate(rows)  # not the framework's collator: it may write other ids
     assert trained_rows(H.config(), train_loader, "sequence") is None
+
+
+def test_a_table_that_renormalises_rows_trains_every_row():
+    """max_norm rescales every looked-up row in the forward: not a zero-gradient-only update, so no trimming."""
+    _, student = H.models()
+    student.bert.embeddings.word_embeddings.max_norm = 1.0
+    with used_rows_only(student, torch.tensor([0, 1, 7])):
+        assert type(student.bert.embeddings.word_embeddings) is nn.Embedding

@@ -15,7 +15,7 @@ whose update differs from AdamW's.
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 class UsedRows(nn.Module):
     """``weight`` (n + 1, H): the rows ``ids`` of the table, then a row of ones that takes the same decay as
     every unused row (trainable, never looked up: its value is the product of the decay factors so far).
-    ``initial`` (V, H): the table as it was; an unused row is ``initial · weight[-1]``.
+    ``initial`` (V, H): the table as it was (a frozen parameter: DDP copies it from rank 0 once, where a buffer
+    would be sent on every forward); an unused row is ``initial · weight[-1]``.
     ``rows`` (V,): id → its row in ``weight``; −1 for an unused id."""
 
     def __init__(self, embedding: nn.Embedding, ids: Tensor):
@@ -38,7 +39,7 @@ class UsedRows(nn.Module):
         pad = embedding.padding_idx
         self.pad_row = int(rows[pad]) if pad is not None and rows[pad] >= 0 else None  # its gradient stays 0
         self.register_buffer("rows", rows)
-        self.register_buffer("initial", table.clone())
+        self.initial = nn.Parameter(table.clone(), requires_grad=False)  # no gradient: AdamW skips it
         self.weight = nn.Parameter(torch.cat([table[ids], torch.ones_like(table[:1])]))
 
     @property
@@ -67,20 +68,33 @@ def used_rows_only(model: nn.Module, ids: Tensor | None):
     without a plain ``nn.Embedding`` table (another architecture) trains as it is."""
     embeddings = getattr(getattr(model, "bert", model), "embeddings", None)
     original = getattr(embeddings, "word_embeddings", None)
-    if ids is None or type(original) is not nn.Embedding or (ids.numel() and int(ids.max()) >= original.num_embeddings):
+    if ids is None or not plain_table(original) or (ids.numel() and int(ids.max()) >= original.num_embeddings):
         yield  # (an id past the table fails the lookup as it would without this)
         return
-    embeddings.word_embeddings = UsedRows(original, ids)
+    trained = embeddings.word_embeddings = UsedRows(original, ids)
     log.info("word embeddings: training the %d of %d rows the training rows use (the rest take the weight decay "
-             "alone; trainer.trim_embeddings)", len(embeddings.word_embeddings.weight) - 1, original.num_embeddings)
-    try:
-        yield
-    finally:
-        trained = embeddings.word_embeddings
+             "alone; trainer.trim_embeddings)", len(trained.weight) - 1, original.num_embeddings)
+
+    def restore() -> None:
         original.to(trained.weight.device)  # where the trained model went (accelerate's prepare)
         with torch.no_grad():
             original.weight.copy_(trained.full_weight())
         embeddings.word_embeddings = original
+
+    try:
+        yield
+    except BaseException:
+        with suppress(Exception):  # the error that stopped training is the one to report (e.g. out of memory)
+            restore()
+        raise
+    restore()
+
+
+def plain_table(module) -> bool:
+    """An ``nn.Embedding`` whose update is only its gradient (no max_norm renormalising rows, no frequency
+    scaling, dense gradient)."""
+    return (type(module) is nn.Embedding and module.max_norm is None and not module.scale_grad_by_freq
+            and not module.sparse)
 
 
 def standard_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -89,7 +103,7 @@ def standard_state_dict(model: nn.Module) -> dict[str, Tensor]:
     state = model.state_dict()
     for name, module in model.named_modules():
         if isinstance(module, UsedRows):
-            for key in ("weight", "initial", "rows"):
+            for key in ("weight", "initial", "rows"):  # rows: a buffer, initial: a frozen parameter
                 state.pop(f"{name}.{key}")
             state[f"{name}.weight"] = module.full_weight()
     return state
