@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import transformers
+from omegaconf import OmegaConf
 
 from distill.data.masking import MaskingCollator
 from distill.errors import DistillError
@@ -279,3 +280,24 @@ def test_a_teacher_checkpoint_with_a_masked_lm_head_keeps_it(tmp_path):
     save_pretrained(bare, tmp_path / "bare", load_tokenizer(minilm_l6_path()))
     fitted = with_masked_lm_head(cfg, from_pretrained(tmp_path / "bare", task="mlm"), tiny(task="raw", rows=60))
     assert not torch.equal(fitted.cls.predictions.transform.dense.weight, head["predictions.transform.dense.weight"])
+
+
+def test_readme_wnut16_task_pipeline_from_a_general_student(tmp_path):
+    """`distill pipeline recipe=wnut16_compact_general student.name_or_path=outputs/general/student` as the README
+    writes it (tiny teacher, WNUT-16 cut to 32 rows): the KD stage starts from the general student's weights."""
+    general = tmp_path / "general"
+    run = _cli("train", "recipe=general_compact", "data=tiny", "data.source.task=raw", "data.mlm.head_texts=120",
+               "data.mlm.teacher_head.epochs=1", "teacher=tiny", "student.num_hidden_layers=2",
+               "student.hidden_size=16", "student.num_attention_heads=2", "student.intermediate_size=32",
+               "trainer.max_steps=2", f"hydra.run.dir={general}", cache=tmp_path / "cache")
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = tmp_path / "wnut"
+    task = _cli("pipeline", "recipe=wnut16_compact_general", f"student.name_or_path={general / 'student'}",
+                "teacher=tiny", "data.limit=32", "trainer.max_steps=2", "finetune.max_steps=2", "data.augment.n=1",
+                "export.formats=[hf]", f"stage_root={tmp_path / 'stages'}", f"hydra.run.dir={out}",
+                cache=tmp_path / "cache")
+    assert task.returncode == 0, task.stderr[-3000:]
+    stages = json.loads((out / "pipeline.json").read_text())
+    kd = OmegaConf.load(Path(stages["distill"]) / "stage.yaml")
+    assert kd.student.name_or_path == str(general / "student") and kd.data.augment.n == 1
+    assert transformers.AutoConfig.from_pretrained(Path(stages["distill"]) / "student").hidden_size == 16
