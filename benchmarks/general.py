@@ -51,6 +51,9 @@ def task_runs(corpus: str, general: Path, seed: int, args: list[str]) -> dict[st
     runs = {}
     for name, arm in (("general", [*general_args, f"student.name_or_path={general}"]), ("PCA", pca_args)):
         dirs = train_stages(compose_checked([*arm, *args, f"trainer.seed={seed}"]), baselines=False)
+        if runs.get("teacher", dirs["teacher"]) != dirs["teacher"]:  # the arms must share one teacher
+            raise SystemExit(f"{corpus}: the two arms fine-tuned different teachers ({runs['teacher']}, "
+                             f"{dirs['teacher']}); give both the same finetune settings")
         runs[name], runs["teacher"] = dirs["distill"], dirs["teacher"]
     return runs
 
