@@ -58,12 +58,11 @@ def task_runs(corpus: str, general: Path, seed: int, args: list[str]) -> dict[st
     return runs
 
 
-def paired(corpus_cfg, runs: dict[int, dict[str, Path]]) -> dict[int, dict]:
+def paired(data, max_length: int, runs: dict[int, dict[str, Path]]) -> dict[int, dict]:
     """General vs PCA on the test split, every seed: McNemar and the paired bootstrap."""
-    data = hydra.utils.instantiate(corpus_cfg.data.source)
     first = next(iter(runs.values()))
     rows, names, _ = eval_split(data, load_tokenizer(first["PCA"] / "student"), split="test",
-                                max_length=int(corpus_cfg.data.max_length))
+                                max_length=max_length)
     tests = {}
     for seed, dirs in runs.items():
         preds = {n: ev.predict(ev.torch_forward(from_pretrained(dirs[n] / "student", task=data.task)), rows, data.task)
@@ -77,7 +76,8 @@ def paired(corpus_cfg, runs: dict[int, dict[str, Path]]) -> dict[int, dict]:
 def corpus_report(corpus: str, general: Path, seeds: list[int], args: list[str]) -> dict:
     runs = {seed: task_runs(corpus, general, seed, args) for seed in seeds}
     cfg = compose_checked([*ARMS[corpus][1], *args])
-    key = ev.main_metric(hydra.utils.instantiate(cfg.data.source).task)
+    data = hydra.utils.instantiate(cfg.data.source)
+    key = ev.main_metric(data.task)
     score = {s: {n: json.loads((d / "metrics.json").read_text()) for n, d in r.items() if n != "teacher"}
              for s, r in runs.items()}
     teacher = score[seeds[0]]["PCA"]["teacher"][key]
@@ -88,7 +88,7 @@ def corpus_report(corpus: str, general: Path, seeds: list[int], args: list[str])
         print(f"{s:>4} {score[s]['general']['student'][key]:8.4f} {score[s]['PCA']['student'][key]:8.4f}")
     median = {n: statistics.median(score[s][n]["student"][key] for s in seeds) for n in ("general", "PCA")}
     print(f"{'med':>4} {median['general']:8.4f} {median['PCA']:8.4f}")
-    tests = paired(cfg, runs)
+    tests = paired(data, int(cfg.data.max_length), runs)
     for s, t in tests.items():
         print(f"seed {s}: general vs PCA {t['diff']:+.4f} (95% CI {t['ci95'][0]:+.4f} .. {t['ci95'][1]:+.4f}), "
               f"McNemar p = {t['mcnemar_p']:.3g}, paired bootstrap p = {t['bootstrap_p']:.3g}")
