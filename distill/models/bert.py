@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers import BertConfig
 
 from distill.errors import DistillError
-from distill.models.ops import Dropout, Packing, activation, dropout, mask_bias
+from distill.models.ops import Dropout, Packing, activation, dense, dropout, linear, mask_bias
 from distill.outputs import ModelOutputs
 
 CPU_DROPOUT_EXPLICIT = True  # False: SDPA as before (benchmarks/dropout_speed.py times both)
@@ -85,9 +85,8 @@ class BertSelfAttention(nn.Module):
         # the matmul). On the explicit path 1/√d is folded into the query weight, which saves a
         # full (B, nh, T, T) multiply forward and backward.
         scale = 1.0 / math.sqrt(self.head_dim) if explicit else 1.0
-        w = torch.cat((self.query.weight * scale, self.key.weight, self.value.weight))
-        b = torch.cat((self.query.bias * scale, self.key.bias, self.value.bias))
-        qkv = packing.unpack(F.linear(x, w, b))  # (B, T, 3H), zeros at padding
+        qkv = linear(self, x, lambda: self._fused(scale), self._sources, variant=scale)
+        qkv = packing.unpack(qkv)  # (B, T, 3H), zeros at padding
         qkv = qkv.view(B, T, 3, self.n_heads, self.head_dim)  # (B, T, 3, nh, d)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, nh, T, d)
         probs = None
@@ -102,6 +101,16 @@ class BertSelfAttention(nn.Module):
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), dropout_p=p)
         ctx = ctx.transpose(1, 2).reshape(B, T, H)  # (B, nh, T, d) → (B, T, H)
         return packing.pack(ctx), probs, ((q, k, v) if need_qkv else None)
+
+    @property
+    def _sources(self) -> tuple[Tensor, ...]:
+        return (self.query.weight, self.key.weight, self.value.weight, self.query.bias, self.key.bias,
+                self.value.bias)
+
+    def _fused(self, scale: float) -> tuple[Tensor, Tensor]:
+        """The (3H, H) weight and (3H,) bias of Q/K/V in one, the query's scaled by ``scale``."""
+        return (torch.cat((self.query.weight * scale, self.key.weight, self.value.weight)),
+                torch.cat((self.query.bias * scale, self.key.bias, self.value.bias)))
 
     def _export_graph(self, x: Tensor, bias: Tensor, packing: Packing) -> Tensor:
         """The same attention as three projections and ``softmax(q kᵀ / √d + mask) v``, as transformers'
@@ -129,7 +138,7 @@ class BertSelfOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(self.dropout(dense(self.dense, x)) + residual)
 
 
 class BertAttention(nn.Module):
@@ -147,10 +156,11 @@ class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)
+        self.act = activation(config.hidden_act)  # checks the name at build time
+        self.act_name = config.hidden_act
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.act(self.dense(x))
+        return dense(self.dense, x, self.act_name)
 
 
 class BertOutput(nn.Module):
@@ -161,7 +171,7 @@ class BertOutput(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, residual: Tensor) -> Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+        return self.LayerNorm(self.dropout(dense(self.dense, x)) + residual)
 
 
 class BertLayer(nn.Module):
