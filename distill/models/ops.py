@@ -117,11 +117,18 @@ def _onednn_works() -> bool:
     return torch.allclose(out, F.linear(x, w, b), atol=1e-5)
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled()
+
+
 def onednn_inference(x: Tensor) -> bool:
     """True where ``linear`` takes oneDNN: no autograd, fp32 on a CPU, no autocast, not being traced,
     exported or compiled (those need torch's own ops in the graph)."""
     return (ONEDNN_INFERENCE and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+            and x.dtype == torch.float32 and not _cpu_autocast()
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling() and _onednn_works())
 
