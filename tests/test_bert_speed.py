@@ -1,5 +1,6 @@
-"""benchmarks/bert_speed.py, dropout_speed.py and trim_speed.py as the README runs them (tiny shapes): they run,
-and the last line is the JSON the README quotes, each ratio a positive number; the timed numbers are not asserted."""
+"""benchmarks/bert_speed.py, dropout_speed.py, trim_speed.py and onednn_speed.py as the README runs them (tiny
+shapes): they run, and the last line is the JSON the README quotes, each ratio a positive number; the timed numbers
+are not asserted."""
 
 import json
 import subprocess
@@ -41,6 +42,17 @@ def test_trim_speed_prints_its_ratios_as_json():
     last = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(last[f"{m}_speedup"] > 0 for m in ("student", "compact", "teacher"))
     assert 5_000 < last["rows_trained"] < last["rows"] == 30522
+
+
+def test_onednn_speed_prints_its_ratios_as_json():
+    """benchmarks/onednn_speed.py (2 batches, 1 round): teacher forward, inference and KD step on both paths; the
+    two paths' logits agree to fp32 rounding."""
+    out = subprocess.run([sys.executable, "benchmarks/onednn_speed.py", "--steps", "2", "--repeats", "1", "--no-wait"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = json.loads(out.stdout.strip().splitlines()[-1])
+    assert all(last[f"{k}_speedup"] > 0 for k in ("teacher_forward", "inference", "kd_step"))
+    assert 0 < last["max_logit_diff"] < 1e-4  # two different GEMMs: equal up to rounding, not bit for bit
 
 
 def test_dropout_speed_swaps_every_dropout_site(monkeypatch):

@@ -74,3 +74,24 @@ def test_training_autocast_and_export_keep_torchs_linear():
             ids, mask = padded_batch(1)
             assert model(ids, mask).logits.dtype == torch.bfloat16  # autocast still casts the GEMMs
         assert not ops.onednn_inference(x.double())
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask):
+        return self.model(ids, mask).logits
+
+
+def test_graphs_for_export_hold_torchs_linear_not_onednns():
+    # ONNX / TorchScript / torch.export need ops their converters know: inside them the path is F.linear
+    model = _model(0).requires_grad_(False)
+    ids, mask = padded_batch(1)
+    with torch.no_grad():
+        traced = torch.jit.trace(lambda i, m: model(i, m).logits, (ids, mask))
+        model.bert.skip_padding = False  # torch.export cannot trace the data-dependent packing
+        exported = torch.export.export(_Logits(model), (ids, mask))
+    assert "linear" in str(traced.graph) and "mkldnn" not in str(traced.graph)
+    assert "mkldnn" not in str(exported.graph)

@@ -126,7 +126,7 @@ def _cpu_autocast() -> bool:
 
 def onednn_inference(x: Tensor) -> bool:
     """True where ``linear`` takes oneDNN: no autograd, fp32 on a CPU, no autocast, not being traced,
-    exported or compiled (those need torch's own ops in the graph)."""
+    exported or compiled (those need torch's own ops in the graph; torch.export counts as compiling)."""
     return (ONEDNN_INFERENCE and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and not _cpu_autocast()
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
