@@ -54,6 +54,7 @@ from distill.losses.hard import HardCrossEntropy
 from distill.losses.hidden import HiddenMSE
 from distill.losses.logits import LogitsKL
 from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
+from distill.models.ops import packed_while_frozen
 from distill.models.student import student_from_teacher
 from distill.teacher_cache import fingerprint
 
@@ -134,14 +135,16 @@ def engine_step_times(setup: Setup, loss_of, teacher=None, max_steps: int | None
 
 
 def teacher_times(teacher, batches: list[dict], needs: frozenset[str], map_layers=None) -> list[float]:
-    """The teacher's forward alone, as the engine calls it (no_grad, only what the losses read)."""
+    """The teacher's forward alone, as the engine calls it (no_grad, only what the losses read, its frozen
+    linears packed for the run: the first batch packs them)."""
     times = []
-    for batch in batches:
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            teacher(**inputs, **flags(needs, map_layers))
-        times.append(time.perf_counter() - t0)
+    with packed_while_frozen(teacher):
+        for batch in batches:
+            inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                teacher(**inputs, **flags(needs, map_layers))
+            times.append(time.perf_counter() - t0)
     return times
 
 

@@ -44,6 +44,7 @@ from distill.evaluate import (
 )
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
+from distill.models.ops import packed_while_frozen
 from distill.models.used_rows import used_rows_only
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.schema import TrainerConfig
@@ -556,7 +557,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
-    with used_rows_only(student, trained_rows(cfg, train_loader, task)):
+    # the frozen teacher's linears stay packed for oneDNN for the run (ops.packed_while_frozen says why only here)
+    with used_rows_only(student, trained_rows(cfg, train_loader, task)), packed_while_frozen(teacher):
         loop, state = run_loop(cfg, accelerator, student, loss, train_loader, eval_loader, out, task, label_names,
                                teacher, cache_key, run_config)
     return finish(loop, state, student, out, final_metrics)

@@ -4,6 +4,7 @@ inference."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import weakref
 from collections.abc import Callable
@@ -96,20 +97,23 @@ class Packing:
         return out.view(self.B, self.T, x.shape[-1])  # (B, T, D)
 
 
-# hidden_act -> oneDNN's post-op (attr, algorithm) fused into the GEMM; other activations run after it
+# hidden_act -> oneDNN's post-op (attr, algorithm) fused into the GEMM
 _ONEDNN_ACT = {"gelu": ("gelu", "none"), "gelu_new": ("gelu", "tanh"), "gelu_pytorch_tanh": ("gelu", "tanh"),
-               "gelu_fast": ("gelu", "tanh"), "relu": ("relu", "")}
-# owner module -> {variant: (the sources' (data_ptr, version), packed weight, bias)}; weak: dies with the model
+               "gelu_fast": ("gelu", "tanh"), "relu": ("relu", ""), "silu": ("swish", ""), "swish": ("swish", "")}
+# modules inside ``packed_while_frozen`` -> how many scopes hold them; weak: they die with the model
+_SCOPED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# scoped module -> {variant: (the sources' (data_ptr, version), packed weight, bias)}
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 @functools.cache
 def _onednn_works() -> bool:
-    """oneDNN's packed linear (the op torch's own CPU compiler emits) is in this torch build and agrees
-    with F.linear. Probed once on fixed values: no random numbers drawn, so seeded runs are unchanged."""
+    """oneDNN's linear (the op torch's own CPU compiler emits) is in this torch build and agrees with
+    F.linear. Probed once on fixed fp32 CPU values: no random numbers drawn, so seeded runs are unchanged."""
     try:
-        x = torch.linspace(-1, 1, 40).view(5, 8)
-        w, b = torch.linspace(-0.5, 0.5, 24).view(3, 8), torch.linspace(0, 0.2, 3)
+        x = torch.linspace(-1, 1, 40, dtype=torch.float32, device="cpu").view(5, 8)
+        w = torch.linspace(-0.5, 0.5, 24, dtype=torch.float32, device="cpu").view(3, 8)
+        b = torch.linspace(0, 0.2, 3, dtype=torch.float32, device="cpu")
         packed = torch.ops.mkldnn._reorder_linear_weight(w)
         out = torch.ops.mkldnn._linear_pointwise(x, packed, b, "none", [], "")
     except (AttributeError, RuntimeError, NotImplementedError, TypeError):
@@ -125,12 +129,34 @@ def _cpu_autocast() -> bool:
 
 
 def onednn_inference(x: Tensor) -> bool:
-    """True where ``linear`` takes oneDNN: no autograd, fp32 on a CPU, no autocast, not being traced,
-    exported or compiled (those need torch's own ops in the graph; torch.export counts as compiling)."""
+    """True where ``linear`` takes oneDNN: no autograd, fp32 on a CPU, no autocast, oneDNN enabled, not
+    being traced, exported or compiled (those need torch's own ops in the graph; torch.export counts as
+    compiling)."""
     return (ONEDNN_INFERENCE and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and not _cpu_autocast()
+            and x.dtype == torch.float32 and not _cpu_autocast() and torch.backends.mkldnn.enabled
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export()
             and not torch.compiler.is_compiling() and _onednn_works())
+
+
+@contextlib.contextmanager
+def packed_while_frozen(model: nn.Module | None):
+    """Inside, the linears of ``model`` whose weights are frozen (no grad) keep a oneDNN-packed copy
+    between calls — a KD run's teacher, whose weights nothing touches for the run (one more copy of
+    its linear weights in memory); on exit the copies are dropped. Outside, every call reads the live
+    weights: a kept copy could go stale unseen (an in-place edit through ``.data``, or fused AdamW, does
+    not move a tensor's version)."""
+    modules = list(model.modules()) if model is not None else []
+    for m in modules:
+        _SCOPED[m] = _SCOPED.get(m, 0) + 1
+    try:
+        yield
+    finally:
+        for m in modules:
+            if m in _SCOPED and _SCOPED[m] > 1:
+                _SCOPED[m] -= 1
+            else:
+                _SCOPED.pop(m, None)
+                _PACKED.pop(m, None)
 
 
 def linear(owner: nn.Module, x: Tensor, weights: Callable[[], tuple[Tensor, Tensor | None]],
@@ -139,30 +165,41 @@ def linear(owner: nn.Module, x: Tensor, weights: Callable[[], tuple[Tensor, Tens
 
     In no-grad fp32 CPU inference (a teacher's forward, evaluation, prediction) it runs oneDNN's linear
     with the activation fused into the GEMM: on this project's CPUs torch's fp32 F.linear (MKL) was
-    15-35% slower on BERT's shapes. Frozen weights (no parameter in ``sources`` requires grad: a
-    teacher) are packed for oneDNN once per (``owner``, ``variant``) and kept while ``sources`` keep
-    their storage and version. Trained weights are never kept: fused AdamW updates them without bumping
-    their version. Results agree with F.linear to fp32 rounding.
+    15-35% slower on BERT's shapes. Inside ``packed_while_frozen``, frozen weights are packed once per
+    (``owner``, ``variant``), repacked if a source's storage or version moves. Results agree with
+    F.linear to fp32 rounding.
     """
     if not onednn_inference(x):
         w, b = weights()
         y = F.linear(x, w, b)
         return activation(act)(y) if act else y
-    if any(p.requires_grad for p in sources):
-        w, b = weights()
-    else:
+    if owner in _SCOPED and not any(p.requires_grad for p in sources):
         key = tuple((p.data_ptr(), p._version) for p in sources)
         packed = _PACKED.setdefault(owner, {})
         if variant not in packed or packed[variant][0] != key:
             w, b = weights()
             packed[variant] = (key, torch.ops.mkldnn._reorder_linear_weight(w), b)
         w, b = packed[variant][1:]
+    else:
+        w, b = weights()
     attr, algorithm = _ONEDNN_ACT.get(act, ("none", "")) if act else ("none", "")
     y = torch.ops.mkldnn._linear_pointwise(x, w, b, attr, [], algorithm)
     return activation(act)(y) if act and act not in _ONEDNN_ACT else y
 
 
 def dense(layer: nn.Linear, x: Tensor, act: str | None = None) -> Tensor:
-    """``layer(x)`` (then ``act``) through ``linear`` above."""
+    """``act(layer(x))``; through ``linear`` above only where it takes oneDNN and ``layer`` is a plain
+    nn.Linear without hooks (a quantized, adapter-wrapped or hooked layer is called as itself)."""
+    if not (onednn_inference(x) and type(layer) is nn.Linear and not _hooked(layer)):
+        y = layer(x)
+        return activation(act)(y) if act else y
     return linear(layer, x, lambda: (layer.weight, layer.bias),
                   (layer.weight,) if layer.bias is None else (layer.weight, layer.bias), act)
+
+
+def _hooked(layer: nn.Module) -> bool:
+    """Forward hooks of the layer or global ones: those run only when the module is called."""
+    from torch.nn.modules import module as m
+
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or m._global_forward_hooks
+                or m._global_forward_pre_hooks)
