@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import json
 import statistics
-import time
 
 import kd_step as bench  # the step-timing helpers every benchmark here shares
 import torch
@@ -51,18 +50,6 @@ def timed_pair(make_run, repeats: int) -> dict[str, float]:
     runs = bench.interleave({"onednn": lambda: switched(True, make_run), "torch": lambda: switched(False, make_run)},
                             repeats, keep=lambda times: times[1:])
     return {name: statistics.fmean(bench.per_batch_median(times)) for name, times in runs.items()}
-
-
-def inference_times(model, batches: list[dict]) -> list[float]:
-    """Logits-only no-grad forwards outside any packing scope (what prediction and evaluation run)."""
-    times = []
-    for batch in batches:
-        inputs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
-        t0 = time.perf_counter()
-        with torch.no_grad():
-            model(**inputs)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def max_logit_diff(teacher, batches: list[dict]) -> float:
@@ -89,7 +76,8 @@ def main() -> None:
     needs, maps = probe.needs, probe.teacher_map_layers()
     figures = {
         "teacher_forward": timed_pair(lambda: bench.teacher_times(teacher, batches, needs, maps), args.repeats),
-        "inference": timed_pair(lambda: inference_times(live, batches), args.repeats),
+        # weights that require grad are never packed, scope or not: read live every call, as predict does
+        "inference": timed_pair(lambda: bench.teacher_times(live, batches, frozenset({"logits"})), args.repeats),
         "kd_step": timed_pair(lambda: bench.engine_step_times(setup, lambda s: bench.kd_loss(s, teacher),
                                                               teacher=teacher, max_steps=args.steps)[0], args.repeats),
     }

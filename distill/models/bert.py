@@ -156,7 +156,7 @@ class BertIntermediate(nn.Module):
     def __init__(self, config: BertConfig):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = activation(config.hidden_act)  # checks the name at build time
+        activation(config.hidden_act)  # an unknown name stops here, when the model is built
         self.act_name = config.hidden_act
 
     def forward(self, x: Tensor) -> Tensor:

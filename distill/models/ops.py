@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules import module as torch_module
 
 from distill.errors import DistillError
 
@@ -188,9 +189,9 @@ def linear(owner: nn.Module, x: Tensor, weights: Callable[[], tuple[Tensor, Tens
 
 
 def dense(layer: nn.Linear, x: Tensor, act: str | None = None) -> Tensor:
-    """``act(layer(x))``; through ``linear`` above only where it takes oneDNN and ``layer`` is a plain
-    nn.Linear without hooks (a quantized, adapter-wrapped or hooked layer is called as itself)."""
-    if not (onednn_inference(x) and type(layer) is nn.Linear and not _hooked(layer)):
+    """``act(layer(x))``: a plain nn.Linear without hooks through ``linear`` above (oneDNN where it applies,
+    else the same F.linear its forward runs); a quantized, adapter-wrapped or hooked layer is called as itself."""
+    if type(layer) is not nn.Linear or _hooked(layer):
         y = layer(x)
         return activation(act)(y) if act else y
     return linear(layer, x, lambda: (layer.weight, layer.bias),
@@ -199,7 +200,5 @@ def dense(layer: nn.Linear, x: Tensor, act: str | None = None) -> Tensor:
 
 def _hooked(layer: nn.Module) -> bool:
     """Forward hooks of the layer or global ones: those run only when the module is called."""
-    from torch.nn.modules import module as m
-
-    return bool(layer._forward_hooks or layer._forward_pre_hooks or m._global_forward_hooks
-                or m._global_forward_pre_hooks)
+    return bool(layer._forward_hooks or layer._forward_pre_hooks or torch_module._global_forward_hooks
+                or torch_module._global_forward_pre_hooks)
