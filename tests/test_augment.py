@@ -291,3 +291,22 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
     assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
     assert CONTROL in run.stdout  # the printed table has the control row
+
+
+def test_pipeline_recipe_mr_augment_n20_as_the_readme_runs_it(tmp_path):
+    """`distill pipeline recipe=mr_augment_n20` (the README's 99% command, tiny models): 20 variants per sentence,
+    span deletion on, and a no-KD twin for the KD stage's steps."""
+    from omegaconf import OmegaConf
+
+    tiny_mlm = [a for a in TINY_MLM if not a.startswith("data.augment.n=")]  # keep the recipe's 20
+    run = _cli("pipeline", "recipe=mr_augment_n20", "teacher=tiny", "student=tiny", "data.limit=24",
+               "finetune.max_steps=2", "trainer.max_steps=3", *tiny_mlm, f"stage_root={tmp_path / 'stages'}",
+               "export.formats=[hf]", f"hydra.run.dir={tmp_path / 'run'}",
+               env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert run.returncode == 0, run.stderr[-3000:]
+    dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
+    kd = OmegaConf.load(dirs["distill"] / "stage.yaml")
+    assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (20, 0.5, 4)
+    assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == 3
+    (log,) = (tmp_path / "run").glob("*.log")  # hydra's job log
+    assert re.search(r"augment: \d+ train rows -> \d+ \(20 variants asked per row", log.read_text())
