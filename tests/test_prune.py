@@ -156,18 +156,29 @@ def test_the_run_ranks_on_the_training_split():
         build_models(cfg, data)
 
 
-def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path):
-    """`distill pipeline recipe=mr_compact_pruned` (tiny teacher, a student shaped for it): the KD student and
-    its no-KD twin both start pruned from the fine-tuned teacher, at the same shape."""
+@pytest.mark.parametrize("recipe, n, delete_span, epochs", [("mr_compact_pruned", 2, 0.0, 2),
+                                                             ("mr_compact_pruned_n20", 20, 0.5, 4)])
+def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, n, delete_span, epochs):
+    """`distill pipeline recipe=mr_compact_pruned[_n20]` (tiny teacher, a student shaped for it): the KD student
+    and its no-KD twin both start pruned from the fine-tuned teacher, at the same shape; the n20 recipe keeps
+    its 20 variants, span deletion and 4 epochs, and its twin trains the KD stage's steps."""
+    from omegaconf import OmegaConf
+
     from tests.test_augment import TINY_MLM, _cli
 
     shape = ["student.layers=[1, 0]", "student.hidden_size=16", "student.num_attention_heads=2",
              "student.intermediate_size=32"]
-    run = _cli("pipeline", "recipe=mr_compact_pruned", "teacher=tiny", *shape, "data.limit=48", "finetune.max_steps=2",
-               *TINY_MLM, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
+    tiny_mlm = TINY_MLM if n == 2 else [a for a in TINY_MLM if not a.startswith("data.augment.n=")]
+    steps = [] if n == 2 else ["trainer.max_steps=3"]
+    run = _cli("pipeline", f"recipe={recipe}", "teacher=tiny", *shape, "data.limit=48", "finetune.max_steps=2",
+               *steps, *tiny_mlm, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
                f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
     assert run.returncode == 0, run.stderr[-3000:]
     dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
+    kd = OmegaConf.load(dirs["distill"] / "stage.yaml")
+    assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (n, delete_span, epochs)
+    kd_steps = json.loads((dirs["distill"] / "metrics.json").read_text())["steps"]
+    assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == kd_steps
     for name in ("distill", "baseline"):
         config = json.loads((dirs[name] / "student" / "config.json").read_text())
         assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (2, 16, 32)
