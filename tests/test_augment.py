@@ -235,6 +235,7 @@ def _cli(*args, env=None):
 
 TINY_MLM = ["augment=words", "data.augment.n=2", "data.augment.mlm.model._target_=distill.models.student.random_bert",
             "data.augment.mlm.epochs=1", "data.augment.top_k=3", "data.augment.pool=5"]
+TINY_MLM_RECIPE_N = [a for a in TINY_MLM if not a.startswith("data.augment.n=")]  # the recipe's own variant count
 
 
 def test_users_csv_gets_augmentation_with_no_code(tmp_path):
@@ -298,9 +299,8 @@ def test_pipeline_recipe_mr_augment_n20_as_the_readme_runs_it(tmp_path):
     span deletion on, and a no-KD twin for the KD stage's steps."""
     from omegaconf import OmegaConf
 
-    tiny_mlm = [a for a in TINY_MLM if not a.startswith("data.augment.n=")]  # keep the recipe's 20
     run = _cli("pipeline", "recipe=mr_augment_n20", "teacher=tiny", "student=tiny", "data.limit=24",
-               "finetune.max_steps=2", "trainer.max_steps=3", *tiny_mlm, f"stage_root={tmp_path / 'stages'}",
+               "finetune.max_steps=2", "trainer.max_steps=3", *TINY_MLM_RECIPE_N, f"stage_root={tmp_path / 'stages'}",
                "export.formats=[hf]", f"hydra.run.dir={tmp_path / 'run'}",
                env={"DISTILL_CACHE": str(tmp_path / "cache")})
     assert run.returncode == 0, run.stderr[-3000:]

@@ -156,22 +156,21 @@ def test_the_run_ranks_on_the_training_split():
         build_models(cfg, data)
 
 
-@pytest.mark.parametrize("recipe, n, delete_span, epochs", [("mr_compact_pruned", 2, 0.0, 2),
-                                                             ("mr_compact_pruned_n20", 20, 0.5, 4)])
-def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, n, delete_span, epochs):
+@pytest.mark.parametrize("recipe, overrides, n, delete_span, epochs", [
+    ("mr_compact_pruned", ["data.augment.n=2"], 2, 0.0, 2),  # 2 variants instead of 8: tiny
+    ("mr_compact_pruned_n20", ["trainer.max_steps=3"], 20, 0.5, 4)])  # its own 20 variants, 3 steps
+def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
     """`distill pipeline recipe=mr_compact_pruned[_n20]` (tiny teacher, a student shaped for it): the KD student
     and its no-KD twin both start pruned from the fine-tuned teacher, at the same shape; the n20 recipe keeps
     its 20 variants, span deletion and 4 epochs, and its twin trains the KD stage's steps."""
     from omegaconf import OmegaConf
 
-    from tests.test_augment import TINY_MLM, _cli
+    from tests.test_augment import TINY_MLM_RECIPE_N, _cli
 
     shape = ["student.layers=[1, 0]", "student.hidden_size=16", "student.num_attention_heads=2",
              "student.intermediate_size=32"]
-    tiny_mlm = TINY_MLM if n == 2 else [a for a in TINY_MLM if not a.startswith("data.augment.n=")]
-    steps = [] if n == 2 else ["trainer.max_steps=3"]
     run = _cli("pipeline", f"recipe={recipe}", "teacher=tiny", *shape, "data.limit=48", "finetune.max_steps=2",
-               *steps, *tiny_mlm, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
+               *overrides, *TINY_MLM_RECIPE_N, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
                f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path / "cache")})
     assert run.returncode == 0, run.stderr[-3000:]
     dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
