@@ -9,7 +9,8 @@ dir) and shared by every seed; each seed trains the KD student and the no-KD bas
 same steps. Prints the per-seed test metrics, the median, a compare report (bootstrap 95% CIs,
 McNemar KD vs no-KD, CPU latency at batch 1, one thread, same runtime) for the median seed, and as
 its last line JSON (``param_ratio`` from that report: with ``trim_vocab=true`` both students are
-compared after vocabulary trimming to the training split's tokens, as ``distill export`` ships them):
+compared after vocabulary trimming to the training split's tokens, plus the tokens each one trained on
+(augmented rows) up to the recipe's ``export.vocab_size``, as ``distill export`` ships them):
 {"retention", "teacher_metric", "student_metric", "baseline_metric", "param_ratio", "speedup", ...}.
 """
 
@@ -83,7 +84,8 @@ def main(argv: list[str]) -> None:
         for name, stage in (("student (KD)", "distill"), ("student (no KD)", "baseline")):
             target = out / f"{stage}-trimmed"
             for line in export(models[name], target, formats=["hf"], trim_vocab=True, texts=train_texts(data),
-                               eval_data=data, max_length=cfg.data.max_length):
+                               eval_data=data, max_length=cfg.data.max_length,
+                               vocab_size=cfg.export.get("vocab_size")):
                 print(summary_line(line))
             models[name] = str(target / "hf")
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)",

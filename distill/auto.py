@@ -218,7 +218,8 @@ def ship(cfg: DictConfig, out: Path, data, plan: Plan, target: Target, configs: 
     exports = export(students[pick], out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=train_texts(data), eval_data=data,
                      recipe=OmegaConf.to_container(configs[pick], resolve=True), compare_report=out / "report.json",
-                     max_length=plan.max_length, optimize=bool(cfg.export.optimize))
+                     max_length=plan.max_length, optimize=bool(cfg.export.optimize),
+                     vocab_size=cfg.export.get("vocab_size"))
     summary = {"plan": asdict(plan), "target": asdict(target), "metric": metric, "shipped": pick, "target_met": met,
                "why": why, "stages": {n: {k: str(v) for k, v in d.items()} for n, d in dirs.items()},
                "students": {n: {"metric": r["metrics"][metric]["value"], "retention": r["retention"][metric],

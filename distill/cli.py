@@ -7,7 +7,8 @@
                     timed in onnxruntime, fp32 and int8, when a student is an .onnx file)
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
                    [max_length=N]  (default: the run's or data's data.max_length) [optimize=false]  (no
-                   onnxruntime transformer fusions)
+                   onnxruntime transformer fusions) [vocab_size=N]  (trimmed: at most N tokens; default: the
+                   run's export.vocab_size, else every token the model trained on)
     distill predict model=DIR|RUN_DIR|FILE.onnx input=FILE.csv|.tsv|.jsonl|.txt|- [output=preds.csv]
                     [text_column=text] [max_length=N] [batch_size=32]  labels (+ probabilities) per row
     distill recipes                                 list the ready recipes
@@ -286,12 +287,13 @@ def export_cmd(args: list[str]) -> None:
     from distill.export import FORMATS, export, summary_line
 
     kv = _kv(args, "export")
-    data, max_length = None, 128
+    data, max_length, vocab_size = None, 128, None
     if "run" in kv:
         run = Path(kv["run"])
         models, _, cfg = _run_models(run)  # a pipeline's KD student, or a train run's student
         model, out = models["student (KD)"], run / "export"
         data, max_length = hydra.utils.instantiate(cfg.data.source), int(cfg.data.max_length)
+        vocab_size = (cfg.get("export") or {}).get("vocab_size")
     elif "model" in kv:
         model, out = kv["model"], Path(kv.get("out", Path(kv["model"]) / "export"))
         if "data" in kv:
@@ -309,7 +311,8 @@ def export_cmd(args: list[str]) -> None:
     elif trim:
         raise DistillError("trim_vocab=true needs the training texts: add data=NAME (or use run=RUN_DIR)")
     for line in export(model, out, formats=formats, trim_vocab=trim, texts=texts, eval_data=data,
-                       max_length=int(kv.get("max_length", max_length)), optimize=bool(kv.get("optimize", True))):
+                       max_length=int(kv.get("max_length", max_length)), optimize=bool(kv.get("optimize", True)),
+                       vocab_size=kv.get("vocab_size", vocab_size)):
         print(summary_line(line))
 
 

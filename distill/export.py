@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.data.tokenize import read_trained_tokens
 from distill.errors import DistillError
 from distill.export_formats import (
     FALLBACK_TEXTS,
@@ -121,14 +122,17 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
            trim_vocab: bool = False, texts: Sequence[str] | None = None, eval_data=None, *,
            label_names: Sequence[str] | None = None, recipe: str | Mapping | None = None,
            compare_report: str | os.PathLike | Mapping | None = None, threads: int = 1,
-           max_length: int = 128, optimize: bool = True) -> list[dict]:
+           max_length: int = 128, optimize: bool = True, vocab_size: int | None = None) -> list[dict]:
     """Export ``model_dir`` into ``out_dir/<format>/`` and return one verified result per format.
 
     ``texts``: the training corpus (vocabulary trimming) and real inputs for the parity checks;
     ``eval_data``: TaskData (or a tokenized validation split when not trimming) for the int8 metric
     change; ``label_names`` override the data's; ``recipe``/``compare_report`` go into the model card;
     ``max_length``: the run's ``data.max_length`` (evaluation and parity inputs are cut there);
-    ``optimize``: onnxruntime's transformer fusions on the ONNX graph (int8 is quantized from it).
+    ``optimize``: onnxruntime's transformer fusions on the ONNX graph (int8 is quantized from it);
+    ``vocab_size``: with ``trim_vocab``, the most tokens kept: the training texts' tokens always, then those
+    the model's training rows used (``trained_tokens.json`` beside it: augmented variants), most frequent
+    first; None keeps them all.
     """
     from distill.model_card import write_model_card
 
@@ -148,7 +152,8 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     results = []
     if trim_vocab:
         check = _eval_texts(eval_data) if is_taskdata else None
-        model, tokenizer, report = trim(model, tokenizer, texts, check_texts=check)
+        model, tokenizer, report = trim(model, tokenizer, texts, check_texts=check, max_vocab=vocab_size,
+                                        trained=read_trained_tokens(resolve(model_dir)))
         results.append({"format": "trim_vocab", "path": None, "size_bytes": None, **report})
     eval_split = None
     if is_taskdata:
@@ -177,6 +182,8 @@ def summary_line(result: dict) -> str:
     if result["format"] == "trim_vocab":
         return (f"{'trim_vocab':12s} {result['vocab_before']} → {result['vocab_after']} tokens, "
                 f"{result['bytes_saved'] / 2**20:.2f} MB saved, identical predictions on {result['n_texts']} texts"
+                + (f" ({result['trained_extra']} more tokens kept from the rows the model trained on)"
+                   if result.get("trained_extra") else "")
                 + (f"; validation: {100 * result['check_unchanged']:.1f}% unchanged, "
                    f"{100 * result['check_unk_rate']:.1f}% tokens [UNK]" if "check_unchanged" in result else ""))
     extra = ""

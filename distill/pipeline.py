@@ -176,5 +176,6 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,
                      recipe=OmegaConf.to_container(cfg, resolve=True), compare_report=out / "report.json",
-                     max_length=cfg.data.max_length, optimize=bool(cfg.export.optimize))
+                     max_length=cfg.data.max_length, optimize=bool(cfg.export.optimize),
+                     vocab_size=cfg.export.get("vocab_size"))
     return {"report": report, "exports": exports}

@@ -23,7 +23,7 @@ from distill import launch
 from distill.config_check import trainer_config
 from distill.data.collate import Collator, make_dataloader
 from distill.data.corpus import train_texts
-from distill.data.tokenize import summarize, tokenize
+from distill.data.tokenize import summarize, tokenize, write_trained_tokens
 from distill.engine import train
 from distill.errors import DistillError
 from distill.evaluate import bootstrap, predict, torch_forward
@@ -297,6 +297,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     if not launch.state().is_main_process:  # every process trained; one writes the results
         return {}
     summary = write_results(out, result, teacher, tokenizer)
+    if "input_ids" in tokenized["train"].column_names:  # what trimming keeps (augmented rows' words too)
+        write_trained_tokens(out / "student", tokenized["train"].with_format("arrow")["input_ids"])
     write_student_card(out / "student", result.student, list(data.label_names or []), summary,
                        engine_teacher.config.name_or_path if engine_teacher is not None else None, data.name,
                        *_recipe_and_command())

@@ -11,6 +11,13 @@ same order gives a model that computes *exactly* the same thing on that corpus:
 
 Words the corpus never produced now become ``[UNK]`` (WordPiece maps a word it cannot fully split
 to one ``[UNK]``); :func:`trim_vocab` reports how often that happens on held-out texts.
+
+A student trained on more rows than the training split (``data.augment``'s variants) has trained embedding
+rows for their words too: a run writes how often each token id occurred in its training rows
+(``student/trained_tokens.json``, ``distill.data.tokenize.write_trained_tokens``) and trimming keeps those
+tokens as well — all of them, or the most frequent first up to ``max_vocab`` (a parameter budget). MR's
+compact student trained on 6,716 tokens beyond the training split's 11,558; kept up to 16,800 tokens they
+gave back part of what trimming had cost on the test split (README, "Pruned compact students").
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +51,28 @@ def used_token_ids(tokenizer, texts: Sequence[str]) -> set[int]:
         for row in tokenizer(list(texts[start : start + 1000]), add_special_tokens=False)["input_ids"]:
             ids.update(row)
     return ids
+
+
+def kept_ids(tokenizer, texts: Sequence[str], keep_tokens: Sequence[str] = (),
+             trained: Mapping[int, int] | None = None, max_vocab: int | None = None) -> tuple[list[int], int]:
+    """The ids trimming keeps (sorted) and how many of them came from ``trained`` alone: every token ``texts``
+    use, the special tokens and ``keep_tokens``; then the tokens the model was ``trained`` on (id → count),
+    most frequent first, until ``max_vocab`` ids."""
+    vocab = tokenizer.get_vocab()
+    missing = [t for t in keep_tokens if t not in vocab]
+    if missing:
+        raise DistillError(f"keep_tokens {missing[:5]} are not in the tokenizer's vocabulary; remove them")
+    if max_vocab is not None and (type(max_vocab) is not int or max_vocab < 1):
+        raise DistillError(f"export.vocab_size={max_vocab!r}: give a number of tokens, or null to keep every "
+                           "token the model trained on")
+    keep = used_token_ids(tokenizer, texts) | set(tokenizer.all_special_ids) | {vocab[t] for t in keep_tokens}
+    if max_vocab is not None and max_vocab < len(keep):
+        raise DistillError(f"export.vocab_size={max_vocab} is below the {len(keep)} tokens the training split "
+                           f"uses; set it to at least {len(keep)}, or to null to keep every token the model trained on")
+    extra = sorted((i for i, n in (trained or {}).items() if i not in keep and 0 <= i < len(vocab) and n > 0),
+                   key=lambda i: (-trained[i], i))
+    room = len(extra) if max_vocab is None else max_vocab - len(keep)
+    return sorted(keep | set(extra[:room])), min(room, len(extra))
 
 
 def trimmed_tokenizer(tokenizer, keep: Sequence[int]) -> BertTokenizerFast:
@@ -97,8 +126,10 @@ def _logits(model, tokenizer, texts: Sequence[str]) -> list[torch.Tensor]:
 
 
 def trim_vocab(model: nn.Module, tokenizer, texts: Sequence[str], check_texts: Sequence[str] | None = None,
-               keep_tokens: Sequence[str] = ()) -> tuple[nn.Module, BertTokenizerFast, dict]:
-    """Trim to the tokens ``texts`` use (+ special tokens, + ``keep_tokens``) and verify.
+               keep_tokens: Sequence[str] = (), trained: Mapping[int, int] | None = None,
+               max_vocab: int | None = None) -> tuple[nn.Module, BertTokenizerFast, dict]:
+    """Trim to the tokens ``texts`` use (+ special tokens, + ``keep_tokens``, + the ``trained`` tokens up to
+    ``max_vocab``: :func:`kept_ids`) and verify.
 
     Returns (model, tokenizer, report). Predictions on ``texts`` must be identical (else a
     DistillError); on ``check_texts`` (e.g. the validation split) the report gives the share of
@@ -107,10 +138,7 @@ def trim_vocab(model: nn.Module, tokenizer, texts: Sequence[str], check_texts: S
     if not texts:
         raise DistillError("trim_vocab needs the training texts the vocabulary is trimmed for; pass texts=")
     vocab = tokenizer.get_vocab()
-    missing = [t for t in keep_tokens if t not in vocab]
-    if missing:
-        raise DistillError(f"keep_tokens {missing[:5]} are not in the tokenizer's vocabulary; remove them")
-    keep = sorted(used_token_ids(tokenizer, texts) | set(tokenizer.all_special_ids) | {vocab[t] for t in keep_tokens})
+    keep, n_trained = kept_ids(tokenizer, texts, keep_tokens, trained, max_vocab)
     new_tok = trimmed_tokenizer(tokenizer, keep)
     new_model = trimmed_model(model, keep, pad_id=keep.index(tokenizer.pad_token_id)).eval()
 
@@ -128,6 +156,7 @@ def trim_vocab(model: nn.Module, tokenizer, texts: Sequence[str], check_texts: S
         "bytes_saved": (len(vocab) - len(keep)) * old_emb.shape[1] * old_emb.element_size(),
         "params_saved": (len(vocab) - len(keep)) * old_emb.shape[1],
         "max_abs_diff": diff, "identical_predictions": same, "n_texts": len(texts),
+        "trained_extra": n_trained,  # kept because the model was trained on them, beyond ``texts``
     }
     if check_texts:
         a, b = _logits(model, tokenizer, check_texts), _logits(new_model, new_tok, check_texts)

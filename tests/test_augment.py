@@ -19,6 +19,7 @@ from distill.data.mentions import mention_bank, spans, swap
 from distill.data.mlm_head import MLMFit, held_out_accuracy, masked_lm
 from distill.data.neighbours import embedding_neighbours
 from distill.data.sources import tiny
+from distill.data.tokenize import read_trained_tokens
 from distill.errors import DistillError
 from distill.losses.hard import HardCrossEntropy
 from distill.models.hub import load_tokenizer, minilm_l6_path
@@ -292,6 +293,23 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
     assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
     assert CONTROL in run.stdout  # the printed table has the control row
+    # the export keeps the variants' words the KD student trained on (trimming to the labelled rows dropped them)
+    trained, gold = (set(read_trained_tokens(dirs[name] / "student")) for name in ("distill", "baseline"))
+    kept = trained | set(load_tokenizer(dirs["distill"] / "student").all_special_ids)
+    assert gold < trained and json.loads((tmp_path / "run" / "export" / "hf" / "config.json").read_text())[
+        "vocab_size"] == len(kept)
+    base = len(gold | set(load_tokenizer(dirs["distill"] / "student").all_special_ids))
+    # `distill export run=...`: the run's export.vocab_size (null) overridden on the command line
+    again = _cli("export", f"run={tmp_path / 'run'}", "formats=[hf]", "trim_vocab=true", f"vocab_size={base + 1}",
+                 env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(1 more tokens kept from the rows the model trained on)" in again.stdout
+    assert json.loads((tmp_path / "run" / "export" / "hf" / "config.json").read_text())["vocab_size"] == base + 1
+    low = _cli("export", f"run={tmp_path / 'run'}", "formats=[hf]", "trim_vocab=true", f"vocab_size={base - 1}",
+               env={"DISTILL_CACHE": str(tmp_path / "cache")})
+    assert low.returncode == 1 and low.stderr.strip().splitlines()[-1] == (
+        f"error: export.vocab_size={base - 1} is below the {base} tokens the training split uses; set it to at "
+        f"least {base}, or to null to keep every token the model trained on")
 
 
 def test_pipeline_recipe_mr_augment_n20_as_the_readme_runs_it(tmp_path):

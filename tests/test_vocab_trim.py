@@ -6,6 +6,7 @@ import torch
 import transformers
 
 from distill import evaluate as ev
+from distill.data.tokenize import read_trained_tokens, write_trained_tokens
 from distill.errors import DistillError
 from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, save_pretrained
 from distill.vocab_trim import trim_vocab, write_vocab
@@ -77,3 +78,39 @@ def test_trim_errors():
         trim_vocab(tiny_model(), tiny_tokenizer(), [])
     with pytest.raises(DistillError, match="not in the tokenizer"):
         trim_vocab(tiny_model(), tiny_tokenizer(), CORPUS, keep_tokens=["zebra"])
+
+
+def test_trained_tokens_kept_most_frequent_first_up_to_vocab_size(tmp_path):
+    """A student trained on augmented rows learned their words too: trimming keeps them (``trained``: the
+    run's token counts), the most frequent first up to ``max_vocab``, and the training texts stay bit-exact."""
+    tok, model = tiny_tokenizer(), tiny_model(initializer_range=0.2)
+    base = trim_vocab(model, tok, CORPUS)[2]["vocab_after"]
+    vocab = tok.get_vocab()
+    # a variant's words: "movie" 5 times, "boring" twice, "dull" never (count 0 is not a trained row)
+    counts = {vocab["movie"]: 5, vocab["boring"]: 2, vocab["dull"]: 0, vocab["the"]: 9}
+    write_trained_tokens(tmp_path, [[vocab["movie"]] * 5 + [vocab["the"]] * 9, [vocab["boring"]] * 2])
+    assert read_trained_tokens(tmp_path) == {i: n for i, n in counts.items() if n}
+    check = ["the movie was boring"]
+    one, one_tok, report = trim_vocab(model, tok, CORPUS, check_texts=check, trained=counts, max_vocab=base + 1)
+    assert report["vocab_after"] == base + 1 and report["trained_extra"] == 1 and report["identical_predictions"]
+    assert one_tok.convert_ids_to_tokens(one_tok(check[0])["input_ids"]) == \
+        ["[CLS]", "the", "movie", "was", "[UNK]", "[SEP]"]
+    assert torch.equal(logits(one, one_tok, CORPUS)[0], logits(model, tok, CORPUS)[0])
+    every, every_tok, report = trim_vocab(model, tok, CORPUS, check_texts=check, trained=counts)
+    assert report["vocab_after"] == base + 2 and report["trained_extra"] == 2 and report["check_unk_rate"] == 0
+    # the kept rows are the trained rows: the check text scores as it did with the whole vocabulary
+    assert torch.equal(logits(every, every_tok, check)[0], logits(model, tok, check)[0])
+
+
+def test_trained_tokens_errors(tmp_path):
+    tok, model = tiny_tokenizer(), tiny_model()
+    base = trim_vocab(model, tok, CORPUS)[2]["vocab_after"]
+    with pytest.raises(DistillError, match=f"export.vocab_size={base - 1} is below the {base} tokens the training "
+                       f"split uses; set it to at least {base}, or to null"):
+        trim_vocab(model, tok, CORPUS, max_vocab=base - 1)
+    with pytest.raises(DistillError, match="export.vocab_size='many': give a number of tokens"):
+        trim_vocab(model, tok, CORPUS, max_vocab="many")
+    assert read_trained_tokens(tmp_path) is None  # a model trained elsewhere: the training texts alone
+    (tmp_path / "trained_tokens.json").write_text("[1, 2]")
+    with pytest.raises(DistillError, match="not a token-count file distill wrote; delete it"):
+        read_trained_tokens(tmp_path)

@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import statistics
+from pathlib import Path
 
 import datasets
 
@@ -279,3 +280,34 @@ def summarize(data: TaskData, tokenized: datasets.DatasetDict) -> str:
         parts.append(f"tokens mean {statistics.fmean(all_lengths):.1f}, max {max(all_lengths)}")
         parts.append(f"truncated {100 * truncated / len(all_lengths):.1f}%")
     return "; ".join(parts)
+
+
+TRAINED_TOKENS = "trained_tokens.json"
+
+
+def write_trained_tokens(out_dir: str | Path, input_ids) -> Path:
+    """What a student's embedding rows were trained on, for vocabulary trimming (``distill.vocab_trim``):
+    ``out_dir/trained_tokens.json``: {token id: occurrences} over ``input_ids`` (an arrow list column or
+    a list of id lists: the tokenized training rows, augmented ones included)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = input_ids if isinstance(input_ids, (pa.Array, pa.ChunkedArray)) else pa.array(input_ids)
+    counts = pc.value_counts(pc.list_flatten(column)).to_pylist()
+    path = Path(out_dir) / TRAINED_TOKENS
+    tmp = path.with_suffix(".tmp")  # renamed into place: a crash never leaves half a file
+    tmp.write_text(json.dumps({"counts": {str(c["values"]): c["counts"] for c in counts}}) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_trained_tokens(model_dir: str | Path) -> dict[int, int] | None:
+    """The counts :func:`write_trained_tokens` wrote beside a model, or None where it has none."""
+    path = Path(model_dir) / TRAINED_TOKENS
+    if not path.is_file():
+        return None
+    try:
+        return {int(i): int(n) for i, n in json.loads(path.read_text())["counts"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise DistillError(f"{path} is not a token-count file distill wrote; delete it to trim to the "
+                           "training texts alone") from None
