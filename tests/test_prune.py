@@ -158,11 +158,13 @@ def test_the_run_ranks_on_the_training_split():
 
 @pytest.mark.parametrize("recipe, overrides, n, delete_span, epochs", [
     ("mr_compact_pruned", ["data.augment.n=2"], 2, 0.0, 2),  # 2 variants instead of 8: tiny
-    ("mr_compact_pruned_n20", ["trainer.max_steps=3"], 20, 0.5, 4)])  # its own 20 variants, 3 steps
+    ("mr_compact_pruned_n20", ["trainer.max_steps=3"], 20, 0.5, 4),  # its own 20 variants, 3 steps
+    ("wnut16_compact_pruned_n32", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 4)])  # a token task
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
-    """`distill pipeline recipe=mr_compact_pruned[_n20]` (tiny teacher, a student shaped for it): the KD student
-    and its no-KD twin both start pruned from the fine-tuned teacher, at the same shape; the n20 recipe keeps
-    its 20 variants, span deletion and 4 epochs, and its twin trains the KD stage's steps."""
+    """`distill pipeline recipe=mr_compact_pruned[_n20]` and `recipe=wnut16_compact_pruned_n32` (tiny teacher, a
+    student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned teacher, at the
+    same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin trains the KD
+    stage's steps."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
