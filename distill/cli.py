@@ -7,8 +7,8 @@
                     timed in onnxruntime, fp32 and int8, when a student is an .onnx file)
     distill export run=RUN_DIR | model=DIR [formats=[hf,onnx,int8,torchscript]] [trim_vocab=true] [data=NAME]
                    [max_length=N]  (default: the run's or data's data.max_length) [optimize=false]  (no
-                   onnxruntime transformer fusions) [vocab_size=N]  (trimmed: at most N tokens; default: the
-                   run's export.vocab_size, else every token the model trained on)
+                   onnxruntime transformer fusions) [vocab_size=N]  (trimmed: the training split's tokens, then
+                   those the model trained on, up to N; default: the run's export.vocab_size, else the split's alone)
     distill predict model=DIR|RUN_DIR|FILE.onnx input=FILE.csv|.tsv|.jsonl|.txt|- [output=preds.csv]
                     [text_column=text] [max_length=N] [batch_size=32]  labels (+ probabilities) per row
     distill recipes                                 list the ready recipes

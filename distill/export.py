@@ -132,7 +132,7 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     ``optimize``: onnxruntime's transformer fusions on the ONNX graph (int8 is quantized from it);
     ``vocab_size``: with ``trim_vocab``, the most tokens kept: the training texts' tokens always, then those
     the model's training rows used (``trained_tokens.json`` beside it: augmented variants), most frequent
-    first; None keeps them all.
+    first; None keeps the training texts' tokens alone.
     """
     from distill.model_card import write_model_card
 

@@ -15,8 +15,8 @@ to one ``[UNK]``); :func:`trim_vocab` reports how often that happens on held-out
 A student trained on more rows than the training split (``data.augment``'s variants) has trained embedding
 rows for their words too: a run writes how often each token id occurred in its training rows
 (``student/trained_tokens.json``, ``distill.data.tokenize.write_trained_tokens``) and trimming keeps those
-tokens as well — all of them, or the most frequent first up to ``max_vocab`` (a parameter budget). MR's
-compact student trained on 6,716 tokens beyond the training split's 11,558; kept up to 16,800 tokens they
+tokens as well when given a ``max_vocab`` (a parameter budget): the most frequent first up to it. MR's
+compact student trained on about 6,700 tokens beyond the training split's 11,558; kept up to 16,800 tokens they
 gave back part of what trimming had cost on the test split (README, "Pruned compact students").
 """
 
@@ -57,21 +57,21 @@ def kept_ids(tokenizer, texts: Sequence[str], keep_tokens: Sequence[str] = (),
              trained: Mapping[int, int] | None = None, max_vocab: int | None = None) -> tuple[list[int], int]:
     """The ids trimming keeps (sorted) and how many of them came from ``trained`` alone: every token ``texts``
     use, the special tokens and ``keep_tokens``; then the tokens the model was ``trained`` on (id → count),
-    most frequent first, until ``max_vocab`` ids."""
+    most frequent first, until ``max_vocab`` ids (None: none of them, the training texts' tokens alone)."""
     vocab = tokenizer.get_vocab()
     missing = [t for t in keep_tokens if t not in vocab]
     if missing:
         raise DistillError(f"keep_tokens {missing[:5]} are not in the tokenizer's vocabulary; remove them")
     if max_vocab is not None and (type(max_vocab) is not int or max_vocab < 1):
-        raise DistillError(f"export.vocab_size={max_vocab!r}: give a number of tokens, or null to keep every "
-                           "token the model trained on")
+        raise DistillError(f"export.vocab_size={max_vocab!r}: give a number of tokens, or null to keep the "
+                           "training split's tokens alone")
     keep = used_token_ids(tokenizer, texts) | set(tokenizer.all_special_ids) | {vocab[t] for t in keep_tokens}
     if max_vocab is not None and max_vocab < len(keep):
         raise DistillError(f"export.vocab_size={max_vocab} is below the {len(keep)} tokens the training split "
-                           f"uses; set it to at least {len(keep)}, or to null to keep every token the model trained on")
+                           f"uses; set it to at least {len(keep)}, or to null to keep them alone")
     extra = sorted((i for i, n in (trained or {}).items() if i not in keep and 0 <= i < len(vocab) and n > 0),
                    key=lambda i: (-trained[i], i))
-    room = len(extra) if max_vocab is None else max_vocab - len(keep)
+    room = 0 if max_vocab is None else max_vocab - len(keep)
     return sorted(keep | set(extra[:room])), min(room, len(extra))
 
 

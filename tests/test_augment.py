@@ -293,23 +293,24 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
     assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
     assert CONTROL in run.stdout  # the printed table has the control row
-    # the export keeps the variants' words the KD student trained on (trimming to the labelled rows dropped them)
+    # the KD student trained on the variants' words too; export.vocab_size=null keeps the labelled rows' tokens
     trained, gold = (set(read_trained_tokens(dirs[name] / "student")) for name in ("distill", "baseline"))
-    kept = trained | set(load_tokenizer(dirs["distill"] / "student").all_special_ids)
-    assert gold < trained and json.loads((tmp_path / "run" / "export" / "hf" / "config.json").read_text())[
-        "vocab_size"] == len(kept)
-    base = len(gold | set(load_tokenizer(dirs["distill"] / "student").all_special_ids))
-    # `distill export run=...`: the run's export.vocab_size (null) overridden on the command line
-    again = _cli("export", f"run={tmp_path / 'run'}", "formats=[hf]", "trim_vocab=true", f"vocab_size={base + 1}",
-                 env={"DISTILL_CACHE": str(tmp_path / "cache")})
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "(1 more tokens kept from the rows the model trained on)" in again.stdout
-    assert json.loads((tmp_path / "run" / "export" / "hf" / "config.json").read_text())["vocab_size"] == base + 1
+    specials = set(load_tokenizer(dirs["distill"] / "student").all_special_ids)
+    base, every = len(gold | specials), len(trained | specials)
+    exported = tmp_path / "run" / "export" / "hf" / "config.json"
+    assert gold < trained and json.loads(exported.read_text())["vocab_size"] == base
+    # `distill export run=...` with vocab_size=N: the trained tokens too, up to N in all
+    for size, kept in ((base + 1, base + 1), (every + 10, every)):
+        again = _cli("export", f"run={tmp_path / 'run'}", "formats=[hf]", "trim_vocab=true", f"vocab_size={size}",
+                     env={"DISTILL_CACHE": str(tmp_path / "cache")})
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"({kept - base} more tokens kept from the rows the model trained on)" in again.stdout
+        assert json.loads(exported.read_text())["vocab_size"] == kept
     low = _cli("export", f"run={tmp_path / 'run'}", "formats=[hf]", "trim_vocab=true", f"vocab_size={base - 1}",
                env={"DISTILL_CACHE": str(tmp_path / "cache")})
     assert low.returncode == 1 and low.stderr.strip().splitlines()[-1] == (
         f"error: export.vocab_size={base - 1} is below the {base} tokens the training split uses; set it to at "
-        f"least {base}, or to null to keep every token the model trained on")
+        f"least {base}, or to null to keep them alone")
 
 
 def test_pipeline_recipe_mr_augment_n20_as_the_readme_runs_it(tmp_path):

@@ -96,17 +96,19 @@ def test_trained_tokens_kept_most_frequent_first_up_to_vocab_size(tmp_path):
     assert one_tok.convert_ids_to_tokens(one_tok(check[0])["input_ids"]) == \
         ["[CLS]", "the", "movie", "was", "[UNK]", "[SEP]"]
     assert torch.equal(logits(one, one_tok, CORPUS)[0], logits(model, tok, CORPUS)[0])
-    every, every_tok, report = trim_vocab(model, tok, CORPUS, check_texts=check, trained=counts)
+    every, every_tok, report = trim_vocab(model, tok, CORPUS, check_texts=check, trained=counts, max_vocab=base + 5)
     assert report["vocab_after"] == base + 2 and report["trained_extra"] == 2 and report["check_unk_rate"] == 0
     # the kept rows are the trained rows: the check text scores as it did with the whole vocabulary
     assert torch.equal(logits(every, every_tok, check)[0], logits(model, tok, check)[0])
+    # no max_vocab: the training texts' tokens alone, as before a run wrote its counts
+    assert trim_vocab(model, tok, CORPUS, trained=counts)[2]["vocab_after"] == base
 
 
 def test_trained_tokens_errors(tmp_path):
     tok, model = tiny_tokenizer(), tiny_model()
     base = trim_vocab(model, tok, CORPUS)[2]["vocab_after"]
     with pytest.raises(DistillError, match=f"export.vocab_size={base - 1} is below the {base} tokens the training "
-                       f"split uses; set it to at least {base}, or to null"):
+                       f"split uses; set it to at least {base}, or to null to keep them alone"):
         trim_vocab(model, tok, CORPUS, max_vocab=base - 1)
     with pytest.raises(DistillError, match="export.vocab_size='many': give a number of tokens"):
         trim_vocab(model, tok, CORPUS, max_vocab="many")
