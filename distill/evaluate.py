@@ -352,8 +352,15 @@ def latency_inputs(rows: Iterable[dict], n_single: int = 64, batch_size: int = 3
 def measure_latency(forward: Forward, singles: Sequence[dict], big: Sequence[dict], threads: int = 1,
                     warmup: int = 5, repeats: int = 50, big_repeats: int = 3) -> dict:
     """CPU timing: p50/p90 milliseconds of ``repeats`` batch-1 calls (cycling ``singles``) and
-    rows/second over ``big_repeats`` passes of the batch-32 inputs, after ``warmup`` calls each."""
+    rows/second over ``big_repeats`` passes of the batch-32 inputs, after one call on every input and
+    ``warmup`` more each.
+
+    Every input is run once first because each new sequence length pays one-off costs (oneDNN builds a
+    kernel per shape): without that pass the first of two same-shape students in a report timed 1.5-2x
+    slower at batch 1 than the second, whichever came first (WNUT-16, 4x128 KD vs no-KD twin)."""
     with torch_threads(threads):
+        for batch in [*singles, *big]:
+            forward(batch)
         for i in range(warmup):
             forward(singles[i % len(singles)])
             forward(big[i % len(big)])

@@ -244,6 +244,24 @@ def test_latency_figures_are_the_percentiles_of_the_timed_calls(monkeypatch):
     assert got["throughput_per_s"] == pytest.approx(2000.0) and got["batch_size"] == 32
 
 
+def test_one_off_costs_of_each_input_shape_stay_out_of_the_timing(monkeypatch):
+    """A forward whose first call on each input costs 100 ms (oneDNN building a kernel per sequence length) and
+    1 ms after: every input is run before the clock starts, so p50 and p90 are 1 ms. Before, 3 warm-up calls
+    left 7 of the 10 inputs cold, and the first of two same-shape students in a report timed slower."""
+    now, seen = [0.0], set()
+    monkeypatch.setattr(ev.time, "perf_counter", lambda: now[0])
+
+    def forward(batch):
+        now[0] += (1 if batch["id"] in seen else 100) / 1000
+        seen.add(batch["id"])
+
+    singles = [{"input_ids": [[0] * n], "id": n} for n in range(1, 11)]
+    big = [{"input_ids": [[0]] * 32, "id": "big"}]
+    got = ev.measure_latency(forward, singles, big, threads=1, warmup=3, repeats=10)
+    assert got["p50_ms"] == pytest.approx(1.0) and got["p90_ms"] == pytest.approx(1.0)
+    assert got["throughput_per_s"] == pytest.approx(32 / 0.001)
+
+
 def test_onnx_students_are_timed_against_the_teacher_in_onnxruntime(tmp_path):
     from distill.export_formats import export_onnx, parity_inputs
 
