@@ -152,8 +152,9 @@ def export(model_dir: str | os.PathLike, out_dir: str | os.PathLike, formats: Se
     results = []
     if trim_vocab:
         check = _eval_texts(eval_data) if is_taskdata else None
+        trained = read_trained_tokens(resolve(model_dir)) if vocab_size is not None else None
         model, tokenizer, report = trim(model, tokenizer, texts, check_texts=check, max_vocab=vocab_size,
-                                        trained=read_trained_tokens(resolve(model_dir)))
+                                        trained=trained)
         results.append({"format": "trim_vocab", "path": None, "size_bytes": None, **report})
     eval_split = None
     if is_taskdata:
