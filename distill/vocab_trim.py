@@ -69,9 +69,11 @@ def kept_ids(tokenizer, texts: Sequence[str], keep_tokens: Sequence[str] = (),
     if max_vocab is not None and max_vocab < len(keep):
         raise DistillError(f"export.vocab_size={max_vocab} is below the {len(keep)} tokens the training split "
                            f"uses; set it to at least {len(keep)}, or to null to keep them alone")
+    if max_vocab is None:
+        return sorted(keep), 0
     extra = sorted((i for i, n in (trained or {}).items() if i not in keep and 0 <= i < len(vocab) and n > 0),
                    key=lambda i: (-trained[i], i))
-    room = 0 if max_vocab is None else max_vocab - len(keep)
+    room = max_vocab - len(keep)
     return sorted(keep | set(extra[:room])), min(room, len(extra))
 
 
