@@ -106,7 +106,7 @@ def ship(row: dict, data, cfg, out: Path) -> None:
         forward, _, model = load(row["shipped"][stage], data.task)
         split = eval_split(data, own_tokenizer(row["shipped"][stage]), "test", cfg.data.max_length)[0]
         row[f"{name}_shipped"] = metrics(predict(forward, split, data.task), data.label_names)
-        row[f"{name}_shipped"]["vocab"] = model.config.vocab_size
+        row[f"{name}_shipped_vocab"] = model.config.vocab_size
 
 
 def print_table(rows: list[dict], key: str, n_test: int, trim: bool) -> None:
@@ -144,7 +144,8 @@ def summary(rows: list[dict], report: dict, key: str, seeds: list[int], trim: bo
             "per_seed": [{"seed": r["seed"], "kd": r["kd"][key], "baseline": r["baseline"][key],
                           "control": r.get("control", {}).get(key),
                           "kd_shipped": r.get("kd_shipped", {}).get(key),
-                          "baseline_shipped": r.get("baseline_shipped", {}).get(key)} for r in rows],
+                          "baseline_shipped": r.get("baseline_shipped", {}).get(key),
+                          "kd_shipped_vocab": r.get("kd_shipped_vocab")} for r in rows],
             "seeds": seeds, "metric": key}
 
 

@@ -34,10 +34,12 @@ def test_quality_benchmark_scores_every_seed_as_shipped(tmp_path):
     median_seed = sorted(shipped, key=shipped.get)[1]
     assert result["median_seed_shipped_metric"] == round(shipped[median_seed], 4)
     quality = tmp_path / "outputs" / "quality" / "mr_logits"
-    for seed in (0, 1):
+    for row in result["per_seed"]:
         for stage in ("distill", "baseline"):
-            vocab = AutoConfig.from_pretrained(quality / f"seed{seed}" / f"{stage}-trimmed" / "hf").vocab_size
+            vocab = AutoConfig.from_pretrained(quality / f"seed{row['seed']}" / f"{stage}-trimmed" / "hf").vocab_size
             assert vocab < 30522  # trimmed to the training split's tokens
+            if stage == "distill":
+                assert row["kd_shipped_vocab"] == vocab
     report = json.loads((quality / f"seed{median_seed}" / "report.json").read_text())
     assert report["models"]["student (KD)"]["path"] == str(quality / f"seed{median_seed}" / "distill-trimmed" / "hf")
     assert f"{'KD ship':>9}" in run.stdout
