@@ -18,7 +18,7 @@ precision ``auto`` gives this machine (bf16 where the CPU has it natively). Last
 "auto_precision": "bf16" | "no"} (speedup: torch's step / ours, the dropout alone; change_speedup:
 before / ours, the whole change; > 1: ours faster).
 
-    python benchmarks/dropout_speed.py [--repeats 4] [--steps 12] [--no-wait]
+    python benchmarks/dropout_speed.py [--repeats 4] [--steps 12] [--batch 32] [--no-wait]
 """
 
 from __future__ import annotations
@@ -67,11 +67,11 @@ def step_time(setup: bench.Setup, steps: int, repeats: int, precision: str) -> d
 def main() -> None:
     args = bench.bench_parser(__doc__, "train steps per run (first one not timed)").parse_args()
     bench.start(args)
-    setup = bench.Setup(rows=args.steps * bench.BATCH)
+    setup = bench.Setup(rows=args.steps * args.batch, batch=args.batch)
     auto = resolve_precision("auto")
     out = {}
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; 2-layer student (MiniLM-L6 layers "
-          f"{bench.LAYERS}), hard CE, MR train rows, batch {bench.BATCH}, max_len {bench.MAX_LEN}; "
+          f"{bench.LAYERS}), hard CE, MR train rows, batch {args.batch}, max_len {bench.MAX_LEN}; "
           f"{args.steps - 1} timed steps x {args.repeats} interleaved rounds")
     for name, precision in (("fp32", "no"), ("auto", auto)):
         t = step_time(setup, args.steps, args.repeats, precision)

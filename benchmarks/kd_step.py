@@ -24,7 +24,7 @@ per-batch medians over the same batches for every variant (the first step of eac
 also allocates AdamW's state, is left out everywhere). The last line is JSON:
 {"kd_over_unavoidable": d, "cached_over_student_only": e, "layer_cached_over_student_only": f}.
 
-    python benchmarks/kd_step.py [--repeats 4] [--steps 12] [--cache-rows 256] [--no-wait]
+    python benchmarks/kd_step.py [--repeats 4] [--steps 12] [--batch 32] [--cache-rows 256] [--no-wait]
 """
 
 from __future__ import annotations
@@ -214,11 +214,14 @@ def wait_for_quiet_machine(max_wait_s: float = 900.0, poll_s: float = 30.0) -> N
         waited += poll_s
 
 
-def bench_parser(doc: str, steps_help: str) -> argparse.ArgumentParser:
-    """The options every step-timing benchmark takes: --repeats, --steps, --no-wait."""
+def bench_parser(doc: str, steps_help: str, batch: bool = True) -> argparse.ArgumentParser:
+    """The options every step-timing benchmark takes: --repeats, --steps, --no-wait; --batch where it times
+    ``Setup``'s batches (the tests pass a small one: they check the script runs, not its figures)."""
     ap = argparse.ArgumentParser(description=doc.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=4, help="interleaved rounds (after one warm-up round)")
     ap.add_argument("--steps", type=int, default=12, help=steps_help)
+    if batch:
+        ap.add_argument("--batch", type=int, default=BATCH, help="rows per batch (the figures quoted: 32, data=mr's)")
     ap.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine")
     return ap
 
@@ -253,7 +256,7 @@ def main() -> None:
     ap.add_argument("--cache-rows", type=int, default=256, help="MR rows per epoch in the cache part")
     args = ap.parse_args()
     start(args)
-    setup = Setup(rows=max(args.cache_rows, args.steps * BATCH))
+    setup = Setup(rows=max(args.cache_rows, args.steps * args.batch), batch=args.batch)
     teacher = setup.teacher
     probe = kd_loss(copy.deepcopy(setup.student), teacher)
     kd_needs, kd_maps = probe.needs, probe.teacher_map_layers()
@@ -277,7 +280,7 @@ def main() -> None:
 
     n_timed = args.steps - skip
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}; "
-          f"MiniLM-L6 teacher -> 2-layer student (teacher layers {LAYERS}), MR train rows, batch {BATCH}, "
+          f"MiniLM-L6 teacher -> 2-layer student (teacher layers {LAYERS}), MR train rows, batch {args.batch}, "
           f"max_len {MAX_LEN} (padded per batch, length-grouped)")
     print(f"part 1: {n_timed} timed steps per run x {args.repeats} interleaved rounds; "
           f"losses {sorted(kd_needs)} (logits KL + hidden MSE + attention MSE)")

@@ -20,7 +20,7 @@ largest difference between the two paths' logits (fp32 rounding). Last line is J
 {"teacher_forward_speedup": a, "inference_speedup": b, "kd_step_speedup": c, "max_logit_diff": d}
 (speedup: F.linear's time / oneDNN's; > 1: the new path is faster).
 
-    python benchmarks/onednn_speed.py [--repeats 4] [--steps 12] [--no-wait]
+    python benchmarks/onednn_speed.py [--repeats 4] [--steps 12] [--batch 32] [--no-wait]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def main() -> None:
         available = ops.onednn_inference(torch.zeros(1))
     if not available:
         raise SystemExit("oneDNN's linear is not available in this torch build: nothing to compare")
-    setup = bench.Setup(rows=args.steps * bench.BATCH)
+    setup = bench.Setup(rows=args.steps * args.batch, batch=args.batch)
     teacher, batches = setup.teacher, setup.batches(args.steps)
     live = copy.deepcopy(teacher).requires_grad_(True)  # as hub.from_pretrained hands it to predict / compare
     probe = bench.kd_loss(setup.student, teacher)
@@ -82,7 +82,7 @@ def main() -> None:
                                                               teacher=teacher, max_steps=args.steps)[0], args.repeats),
     }
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; MiniLM-L6 teacher, MR train rows, batch "
-          f"{bench.BATCH}, max_len {bench.MAX_LEN}; {args.steps - 1} timed batches x {args.repeats} interleaved rounds")
+          f"{args.batch}, max_len {bench.MAX_LEN}; {args.steps - 1} timed batches x {args.repeats} interleaved rounds")
     out = {}
     for name, t in figures.items():
         out[f"{name}_speedup"] = round(t["torch"] / t["onednn"], 3)

@@ -459,7 +459,7 @@ def report_run(cfg, data, teacher, teacher_dir, run: Run, versions: dict, skippe
 
 
 def main() -> None:
-    ap = bench_parser(__doc__, "train steps per run (the first one is not timed)")
+    ap = bench_parser(__doc__, "train steps per run (the first one is not timed)", batch=False)
     ap.add_argument("--run", action="store_true", help="whole KD runs on MR instead of per-step timing")
     ap.add_argument("--epochs", type=float, default=3.0, help="--run: epochs of every run")
     ap.add_argument("--max-steps", type=int, default=None, help="--run: optimizer steps instead of epochs (smoke)")

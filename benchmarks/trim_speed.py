@@ -17,7 +17,7 @@ machine (bf16 where the CPU has it natively, as the recipes run). Last line is J
 {"student_speedup": x, "compact_speedup": y, "teacher_speedup": z, "rows_trained": n, "rows": 30522,
 "precision": "bf16" | "no"} (speedup: every row's step / the used rows' step; > 1: trimming is faster).
 
-    python benchmarks/trim_speed.py [--repeats 4] [--steps 12] [--no-wait]
+    python benchmarks/trim_speed.py [--repeats 4] [--steps 12] [--batch 32] [--no-wait]
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def step_time(setup: bench.Setup, steps: int, repeats: int, precision: str) -> d
 def main() -> None:
     args = bench.bench_parser(__doc__, "train steps per run (first one not timed)").parse_args()
     bench.start(args)
-    setup = bench.Setup(rows=10**9)  # every MR training row: the table trains the ids all of them use
+    setup = bench.Setup(rows=10**9, batch=args.batch)  # every MR training row: the table trains the ids they use
     prototypes = {"student": setup.student,
                   "compact": student_from_config(setup.teacher, num_hidden_layers=4, hidden_size=128,
                                                  num_attention_heads=4, intermediate_size=512, project_embeddings=True),
@@ -57,7 +57,7 @@ def main() -> None:
     used = len(torch.unique(trained_rows(TrainerConfig(), setup.loader(), "sequence")))
     vocab = setup.teacher.config.vocab_size
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, precision {precision}; hard CE on MR train "
-          f"rows, batch {bench.BATCH}, max_len {bench.MAX_LEN}; the table trains {used} of {vocab} rows; "
+          f"rows, batch {args.batch}, max_len {bench.MAX_LEN}; the table trains {used} of {vocab} rows; "
           f"{args.steps - 1} timed steps x {args.repeats} interleaved rounds")
     out = {}
     for name, prototype in prototypes.items():

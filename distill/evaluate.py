@@ -18,10 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binomtest, chi2
-from seqeval.metrics import f1_score as seqeval_f1
-from seqeval.metrics.sequence_labeling import get_entities
-from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from torch import Tensor
 
 from distill.errors import DistillError
@@ -215,6 +211,11 @@ def predict(forward: Forward, dataset, task: str, batch_size: int = 32) -> Predi
 
 def metrics(pred: Predictions, label_names: Sequence[str]) -> dict[str, float]:
     """sequence: accuracy, macro_f1 (sklearn); token: entity_f1 (seqeval), token_accuracy."""
+    # sklearn, scipy and seqeval are imported where they score (~2 s on 2 cores): a run stopped by a bad
+    # setting, `distill --help` or `recipes` never pays for them
+    from seqeval.metrics import f1_score as seqeval_f1
+    from sklearn.metrics import accuracy_score, f1_score
+
     if pred.task == "token":
         gold, guess = pred.sentences(label_names)
         return {"entity_f1": float(seqeval_f1(gold, guess, zero_division=0)),
@@ -226,6 +227,8 @@ def metrics(pred: Predictions, label_names: Sequence[str]) -> dict[str, float]:
 def _group_stats(pred: Predictions, label_names: Sequence[str]) -> np.ndarray:
     """Per bootstrap unit, the counts every metric is a function of: (G, S)."""
     if pred.task == "token":
+        from seqeval.metrics.sequence_labeling import get_entities
+
         rows = []
         for gold, guess in zip(*pred.sentences(label_names)):
             g, p = set(get_entities(gold)), set(get_entities(guess))
@@ -300,6 +303,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     b, c = int((a & ~b_).sum()), int((~a & b_).sum())
     if b + c == 0:
         return {"b": 0, "c": 0, "statistic": 0.0, "p_value": 1.0, "method": "no discordant pairs"}
+    from scipy.stats import binomtest, chi2
+
     if b + c < EXACT_MCNEMAR_BELOW:
         p = binomtest(min(b, c), b + c, 0.5).pvalue
         return {"b": b, "c": c, "statistic": float(min(b, c)), "p_value": float(p), "method": "exact binomial"}
@@ -319,6 +324,8 @@ def chance(pred: Predictions) -> dict[str, float]:
     """How far above chance: majority-class rate and Cohen's κ (0 = chance, 1 = perfect)."""
     majority = np.bincount(pred.y_true).max() / len(pred.y_true)
     one_class = len(np.union1d(pred.y_true, pred.y_pred)) == 1  # κ is 0/0 there: call it perfect
+    from sklearn.metrics import cohen_kappa_score
+
     kappa = 1.0 if one_class else float(cohen_kappa_score(pred.y_true, pred.y_pred))
     return {"majority_rate": float(majority), "kappa": kappa}
 

@@ -11,18 +11,28 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from distill.errors import DistillError
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
+
+def _figure(**kwargs) -> Figure:
+    """A Figure on its own Agg canvas (matplotlib is imported here, on the first plot: ~1 s on 2 cores)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(**kwargs)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, path: str | os.PathLike, **savefig) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, **savefig)
     return path
 
 
@@ -33,7 +43,7 @@ def tradeoff_plot(points: Mapping[str, Mapping[str, float]], metric: str, path: 
     """
     if not points:
         raise DistillError("nothing to plot: compare at least one model")
-    fig = Figure(figsize=(6.4, 4.4))
+    fig = _figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
     largest = max(p["params"] for p in points.values()) or 1
     for name, p in points.items():
@@ -50,7 +60,7 @@ def tradeoff_plot(points: Mapping[str, Mapping[str, float]], metric: str, path: 
     ax.set_title(f"{metric} vs latency (bubble area ∝ parameters; bars: 95% CI)")
     ax.grid(alpha=0.3)
     ax.margins(0.25)
-    return _save(fig, path)
+    return _save(fig, path, bbox_inches="tight")  # the labels may reach past the axes
 
 
 def read_metrics(source: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
@@ -91,7 +101,7 @@ def training_curves(runs: Mapping[str, str | os.PathLike | Sequence[Mapping]], p
         raise DistillError("the training logs hold no numeric metrics to plot")
     cols = min(3, len(keys))
     rows_n = math.ceil(len(keys) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows_n))
+    fig = _figure(figsize=(4.2 * cols, 3.0 * rows_n))
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows_n, cols, i + 1)
         for name, rows in histories.items():
@@ -106,4 +116,4 @@ def training_curves(runs: Mapping[str, str | os.PathLike | Sequence[Mapping]], p
         if len(histories) > 1:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return _save(fig, path)  # laid out already: bbox_inches="tight" would draw it a second time

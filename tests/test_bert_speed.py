@@ -1,6 +1,6 @@
 """benchmarks/bert_speed.py, dropout_speed.py, trim_speed.py and onednn_speed.py as the README runs them (tiny
-shapes): they run, and the last line is the JSON the README quotes, each ratio a positive number; the timed numbers
-are not asserted."""
+shapes; the MR ones in batches of 4 instead of 32): they run, and the last line is the JSON the README quotes,
+each ratio a positive number; the timed numbers are not asserted."""
 
 import json
 import subprocess
@@ -25,7 +25,8 @@ def test_bert_speed_prints_its_ratios_as_json():
 
 def test_dropout_speed_prints_its_ratios_as_json():
     """benchmarks/dropout_speed.py (2 steps, 1 round): both dropouts train through the engine; JSON last line."""
-    out = subprocess.run([sys.executable, "benchmarks/dropout_speed.py", "--steps", "2", "--repeats", "1", "--no-wait"],
+    out = subprocess.run([sys.executable, "benchmarks/dropout_speed.py", "--steps", "2", "--batch", "4",
+                          "--repeats", "1", "--no-wait"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
@@ -36,7 +37,8 @@ def test_dropout_speed_prints_its_ratios_as_json():
 def test_trim_speed_prints_its_ratios_as_json():
     """benchmarks/trim_speed.py (2 steps, 1 round): each model trains through the engine with the used rows and
     with every row; the table's rows are MR's training ids."""
-    out = subprocess.run([sys.executable, "benchmarks/trim_speed.py", "--steps", "2", "--repeats", "1", "--no-wait"],
+    out = subprocess.run([sys.executable, "benchmarks/trim_speed.py", "--steps", "2", "--batch", "4",
+                          "--repeats", "1", "--no-wait"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
@@ -47,7 +49,8 @@ def test_trim_speed_prints_its_ratios_as_json():
 def test_onednn_speed_prints_its_ratios_as_json():
     """benchmarks/onednn_speed.py (2 batches, 1 round): teacher forward, inference and KD step on both paths; the
     two paths' logits agree to fp32 rounding."""
-    out = subprocess.run([sys.executable, "benchmarks/onednn_speed.py", "--steps", "2", "--repeats", "1", "--no-wait"],
+    out = subprocess.run([sys.executable, "benchmarks/onednn_speed.py", "--steps", "2", "--batch", "4",
+                          "--repeats", "1", "--no-wait"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     last = json.loads(out.stdout.strip().splitlines()[-1])
