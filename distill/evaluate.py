@@ -213,10 +213,11 @@ def metrics(pred: Predictions, label_names: Sequence[str]) -> dict[str, float]:
     """sequence: accuracy, macro_f1 (sklearn); token: entity_f1 (seqeval), token_accuracy."""
     # sklearn, scipy and seqeval are imported where they score (~2 s on 2 cores): a run stopped by a bad
     # setting, `distill --help` or `recipes` never pays for them
-    from seqeval.metrics import f1_score as seqeval_f1
     from sklearn.metrics import accuracy_score, f1_score
 
     if pred.task == "token":
+        from seqeval.metrics import f1_score as seqeval_f1
+
         gold, guess = pred.sentences(label_names)
         return {"entity_f1": float(seqeval_f1(gold, guess, zero_division=0)),
                 "token_accuracy": float(pred.correct.mean())}

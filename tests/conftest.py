@@ -3,9 +3,15 @@
 import logging
 import os
 
-import pytest
-import torch
-from transformers import BertConfig
+# pytest-xdist runs one worker per core and most tests start `distill` processes: each on one intra-op thread
+# (subprocesses inherit it), not two workers' processes x 2 OpenMP threads spinning against each other on 2
+# cores (two tiny pipelines side by side here: 34-40 s on one thread each, 41-66 s on two)
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 os.environ.setdefault("WANDB_MODE", "offline")

@@ -153,8 +153,9 @@ def test_pipeline_reuses_finished_stages(tmp_path):
     report = json.loads((tmp_path / "a" / "report.json").read_text())
     assert {"teacher", "student (KD)", "student (no KD)"} <= set(report["models"])
     assert (tmp_path / "a" / "export" / "onnx").is_dir()
-    # where and how a stage logs does not make it another stage
-    second = _cli(*args, "trainer.log_every=3", "trainer.tags=[again]", f"hydra.run.dir={tmp_path / 'b'}")
+    # where and how a stage logs, or what the run exports, does not make it another stage
+    second = _cli(*args, "trainer.log_every=3", "trainer.tags=[again]", "export.formats=[hf]",
+                  f"hydra.run.dir={tmp_path / 'b'}")
     assert second.returncode == 0, second.stderr[-3000:]
     assert (second.stdout + second.stderr).count("reusing") == 3  # teacher fine-tuned once, nothing retrained
     assert len(list((tmp_path / "stages").iterdir())) == 4  # 3 stages + the shared teacher cache
@@ -195,7 +196,8 @@ def test_intermediate_stage_starts_the_kd_student_but_not_the_baseline(tmp_path)
     from distill.pipeline import train_stages
 
     cfg = compose_checked(["recipe=mr_compact", *SMOKE, "data.limit=48", "finetune.max_steps=2",
-                           "data.transfer.max_rows=64", "trainer.lr=0", f"stage_root={tmp_path}"])
+                           "data.transfer.source.limit=100", "data.transfer.max_rows=64", "trainer.lr=0",
+                           f"stage_root={tmp_path}"])
     dirs = train_stages(cfg)
     assert sorted(dirs) == ["baseline", "distill", "intermediate", "teacher"]
     weights = {name: load_state_dict(dirs[name] / "student") for name in ("intermediate", "distill", "baseline")}

