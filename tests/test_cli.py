@@ -472,6 +472,21 @@ def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):
     assert not (tmp_path / "run" / "student").exists()
 
 
+def test_a_run_stopped_by_its_data_never_loads_the_scoring_and_plotting_libraries(tmp_path):
+    """sklearn / scipy / seqeval and matplotlib take ~3 s to import on 2 cores: `distill recipes` and a run that
+    stops before it scores or plots (here a one-class train split) never load them."""
+    csv = tmp_path / "one.csv"
+    csv.write_text("text,label\n" + "".join(f"review number {i} was fine,positive\n" for i in range(60)))
+    args = ["train", "teacher=tiny", "student=tiny", "data=files", f"data.train_file={csv}",
+            f"hydra.run.dir={tmp_path / 'run'}"]
+    code = (f"import sys; from distill.cli import main; main(['recipes']); code = main({args!r}); "
+            "print(code, [m for m in ('sklearn', 'scipy.stats', 'seqeval', 'matplotlib') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_CACHE": str(tmp_path / "cache")})
+    assert "the train split holds one class" in out.stderr, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "1 []"
+
+
 def test_recipes_into_a_closed_pipe_exits_quietly():
     """`distill recipes | head`: the reader is gone before we write (no timing: its end is closed first)."""
     read, write = os.pipe()
