@@ -460,10 +460,15 @@ def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6
 
 
+def _one_class_csv(folder: Path) -> Path:
+    csv = folder / "one.csv"
+    csv.write_text("text,label\n" + "".join(f"review number {i} was fine,positive\n" for i in range(60)))
+    return csv
+
+
 def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):
     """Issue 19 #4: it trained a 1-label head and reported accuracy 1.0."""
-    csv = tmp_path / "one.csv"
-    csv.write_text("text,label\n" + "".join(f"review number {i} was fine,positive\n" for i in range(60)))
+    csv = _one_class_csv(tmp_path)
     run = _cli("train", "teacher=tiny", "student=tiny", "data=files", f"data.train_file={csv}",
                "trainer.max_steps=2", f"hydra.run.dir={tmp_path / 'run'}", env={"DISTILL_CACHE": str(tmp_path)})
     assert run.returncode == 1 and "Traceback" not in run.stderr
@@ -475,8 +480,7 @@ def test_a_train_split_with_one_class_stops_with_one_line(tmp_path):
 def test_a_run_stopped_by_its_data_never_loads_the_scoring_and_plotting_libraries(tmp_path):
     """sklearn / scipy / seqeval and matplotlib take ~3 s to import on 2 cores: `distill recipes` and a run that
     stops before it scores or plots (here a one-class train split) never load them."""
-    csv = tmp_path / "one.csv"
-    csv.write_text("text,label\n" + "".join(f"review number {i} was fine,positive\n" for i in range(60)))
+    csv = _one_class_csv(tmp_path)
     args = ["train", "teacher=tiny", "student=tiny", "data=files", f"data.train_file={csv}",
             f"hydra.run.dir={tmp_path / 'run'}"]
     code = (f"import sys; from distill.cli import main; main(['recipes']); code = main({args!r}); "
