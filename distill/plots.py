@@ -63,6 +63,20 @@ def tradeoff_plot(points: Mapping[str, Mapping[str, float]], metric: str, path: 
     return _save(fig, path, bbox_inches="tight")  # the labels may reach past the axes
 
 
+PANEL = (4.2, 3.0)  # inches per training-curve panel
+MARGINS = {"left": 0.75, "right": 0.15, "bottom": 0.55, "top": 0.35}  # inches around each panel's axes
+
+
+def _fixed_layout(fig: Figure, cols: int, rows: int) -> None:
+    """Every panel gets the same margins in inches: room for tick labels up to ~7 characters, the x label and the
+    title. tight_layout measured every label's extent for the same result and took ~40% of a 9-panel plot."""
+    width, height = PANEL[0] - MARGINS["left"] - MARGINS["right"], PANEL[1] - MARGINS["bottom"] - MARGINS["top"]
+    fig.subplots_adjust(left=MARGINS["left"] / (PANEL[0] * cols), right=1 - MARGINS["right"] / (PANEL[0] * cols),
+                        bottom=MARGINS["bottom"] / (PANEL[1] * rows), top=1 - MARGINS["top"] / (PANEL[1] * rows),
+                        wspace=(MARGINS["left"] + MARGINS["right"]) / width,
+                        hspace=(MARGINS["bottom"] + MARGINS["top"]) / height)
+
+
 def read_metrics(source: str | os.PathLike | Sequence[Mapping]) -> list[dict]:
     """A ``metrics.jsonl`` path (one JSON dict per line), a run dir holding one, or a list of dicts."""
     if isinstance(source, (str, os.PathLike)):
@@ -101,7 +115,8 @@ def training_curves(runs: Mapping[str, str | os.PathLike | Sequence[Mapping]], p
         raise DistillError("the training logs hold no numeric metrics to plot")
     cols = min(3, len(keys))
     rows_n = math.ceil(len(keys) / cols)
-    fig = _figure(figsize=(4.2 * cols, 3.0 * rows_n))
+    fig = _figure(figsize=(PANEL[0] * cols, PANEL[1] * rows_n))
+    _fixed_layout(fig, cols, rows_n)
     for i, key in enumerate(keys):
         ax = fig.add_subplot(rows_n, cols, i + 1)
         for name, rows in histories.items():
@@ -115,5 +130,4 @@ def training_curves(runs: Mapping[str, str | os.PathLike | Sequence[Mapping]], p
         ax.grid(alpha=0.3)
         if len(histories) > 1:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    return _save(fig, path)  # laid out already: bbox_inches="tight" would draw it a second time
+    return _save(fig, path)
