@@ -4,8 +4,6 @@ import json
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -26,6 +24,7 @@ from distill.models.hub import load_tokenizer, minilm_l6_path
 from distill.models.student import random_bert
 from distill.outputs import ModelOutputs
 from distill.pipeline import CONTROL
+from tests import cli_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -229,9 +228,7 @@ def test_masked_lm_head_fit_learns_and_is_reused_from_cache(tokenizer):
 
 
 def _cli(*args, env=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return cli_run.distill(*args, env=env)  # in this process (tests/cli_run.py)
 
 
 TINY_MLM = ["augment=words", "data.augment.n=2", "data.augment.mlm.model._target_=distill.models.student.random_bert",

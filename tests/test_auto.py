@@ -1,15 +1,13 @@
 """recipe=auto (issue 17): stages sized from the data, two students, the target picks the one shipped."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from distill.auto import Target, choose, plan_for
 from distill.errors import DistillError
+from tests import cli_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -88,13 +86,11 @@ def test_auto_on_a_users_csv_ships_the_student_that_meets_the_target(tmp_path):
                    "auto.students.compact.student.hidden_size=16", "auto.students.compact.student.intermediate_size=32",
                    "data.augment.mlm.model._target_=distill.models.student.random_bert", "data.augment.mlm.epochs=1",
                    "data.augment.top_k=3", "data.augment.pool=5", "finetune.max_steps=20", "trainer.max_steps=30"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_CACHE": str(tmp_path / "cache")}
-    run = subprocess.run([sys.executable, "-m", "distill.cli", "pipeline", "recipe=auto", "data=files",
-                          f"data.train_file={tmp_path / 'train.csv'}", "data.text_column=review",
-                          "data.label_column=stars", "target.max_params=700000", *tiny_models,
-                          f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
-                          f"hydra.run.dir={tmp_path / 'run'}"],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = {"DISTILL_CACHE": str(tmp_path / "cache")}
+    run = cli_run.distill("pipeline", "recipe=auto", "data=files", f"data.train_file={tmp_path / 'train.csv'}",
+                          "data.text_column=review", "data.label_column=stars", "target.max_params=700000",
+                          *tiny_models, f"stage_root={tmp_path / 'stages'}", "export.formats=[hf]",
+                          f"hydra.run.dir={tmp_path / 'run'}", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "run" / "auto.json").read_text())
     params = {name: s["params"] for name, s in summary["students"].items()}
@@ -112,8 +108,7 @@ def test_auto_on_a_users_csv_ships_the_student_that_meets_the_target(tmp_path):
     # the run dir works with predict as the README shows it for a pipeline: the shipped student, at its max_length
     assert json.loads((tmp_path / "run" / "pipeline.json").read_text())["max_length"] == 32
     (tmp_path / "new.csv").write_text("text\na good film\n")
-    predicted = subprocess.run([sys.executable, "-m", "distill.cli", "predict", f"model={tmp_path / 'run'}",
-                                f"input={tmp_path / 'new.csv'}", f"output={tmp_path / 'preds.csv'}"],
-                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    predicted = cli_run.distill("predict", f"model={tmp_path / 'run'}", f"input={tmp_path / 'new.csv'}",
+                                f"output={tmp_path / 'preds.csv'}", env=env)
     assert predicted.returncode == 0, predicted.stderr[-2000:]
     assert (tmp_path / "preds.csv").read_text().splitlines()[0] == "text,predicted_label,p_neg,p_pos"

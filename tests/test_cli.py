@@ -17,6 +17,7 @@ from distill.config_check import options, trainer_config
 from distill.errors import DistillError
 from distill.models.student import count_parameters
 from distill.run import build_models, check_compatible
+from tests import cli_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ["teacher=tiny", "student=tiny", "data.limit=32", "trainer.max_steps=2"]
@@ -43,10 +44,14 @@ def test_every_recipe_composes_and_instantiates(recipe):
             assert student.config.id2label == dict(enumerate(data.label_names))
 
 
-def _cli(*args, cwd=ROOT, env=None):
+def _process(*args, cwd=ROOT, env=None):
+    """`python -m distill.cli ARGS` in a process of its own (what only a process shows; tests/cli_run.py)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
+
+
+_cli = cli_run.distill  # `distill ARGS` in this process: the same main(), without ~10 s of imports per run
 
 
 @pytest.mark.parametrize("command, expected", [
@@ -78,7 +83,7 @@ def test_hydra_flags_with_values_reach_hydra(tmp_path):
 
 
 def test_train_subprocess_writes_the_run_dir(tmp_path):
-    run = _cli("train", "recipe=mr_logits", *SMOKE, "data.limit=64", "trainer.max_steps=5",
+    run = _process("train", "recipe=mr_logits", *SMOKE, "data.limit=64", "trainer.max_steps=5",
                f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
@@ -106,7 +111,7 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     from distill.models.hub import from_pretrained
 
     assert from_pretrained(tmp_path / "student").config.id2label == {0: "negative", 1: "positive"}
-    exported = _cli("export", f"run={tmp_path}", "formats=[hf]")  # as the README shows it, right after train
+    exported = _process("export", f"run={tmp_path}", "formats=[hf]")  # as the README shows it, right after train
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert (tmp_path / "export" / "hf" / "model.safetensors").is_file()
     from huggingface_hub import ModelCard
@@ -122,7 +127,7 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     assert f"{100 * lo:.2f} – {100 * hi:.2f}" in text and "recipe: `mr_logits`" in text
     assert "distill train recipe=mr_logits teacher=tiny" in text  # the command that made it
     (tmp_path / "new.csv").write_text("text\na moving film\nslow and dull\n")
-    predicted = _cli("predict", f"model={tmp_path}", f"input={tmp_path / 'new.csv'}",  # as the README shows it
+    predicted = _process("predict", f"model={tmp_path}", f"input={tmp_path / 'new.csv'}",  # as the README shows it
                      f"output={tmp_path / 'preds.csv'}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     rows = (tmp_path / "preds.csv").read_text().splitlines()
@@ -423,7 +428,8 @@ def _error_line(run) -> str:
 def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
     """Issue 19: a read-only run dir, checkpoints dir, teacher cache or $DISTILL_CACHE gave PermissionError
     traces, and a read-only checkpoints dir lost the trained steps (the first save failed after them).
-    Root ignores permission bits, so as root the CLI runs with CAP_DAC_OVERRIDE dropped (setpriv)."""
+    Root ignores permission bits, so as root the refused runs are processes with CAP_DAC_OVERRIDE dropped
+    (setpriv); the first run and the resumed one write where they may and run in this process."""
     unprivileged = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
     if unprivileged and (not shutil.which("setpriv") or subprocess.run([*unprivileged, "true"]).returncode != 0):
         pytest.skip("running as root, which ignores permission bits, and cannot drop CAP_DAC_OVERRIDE (setpriv)")
@@ -438,7 +444,8 @@ def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
         folder.mkdir()
         folder.chmod(0o555)
     args = ["train", "teacher=tiny", "student=tiny", "data=tiny", f"hydra.run.dir={run}"]
-    first = cli(*args, "trainer.max_steps=4")
+    writable = {"DISTILL_CACHE": str(tmp_path / "cache")}  # runs that write where they may: in this process
+    first = _cli(*args, "trainer.max_steps=4", env=writable)
     assert first.returncode == 0, first.stderr[-3000:]
     before = sorted(p.name for p in (run / "checkpoints").iterdir())
     (run / "checkpoints").chmod(0o555)
@@ -455,7 +462,7 @@ def test_unwritable_dirs_stop_before_any_step_and_lose_nothing(tmp_path):
         _error_line(cli(*args[:-1], f"hydra.run.dir={tmp_path / 'other'}", env={"DISTILL_CACHE": str(locked[2])}))
     (run / "checkpoints").chmod(0o755)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == before  # the kept checkpoint resumes
-    resumed = cli(*args, "trainer.max_steps=6")
+    resumed = _cli(*args, "trainer.max_steps=6", env=writable)
     assert resumed.returncode == 0 and "resumed from" in resumed.stderr + resumed.stdout, resumed.stderr[-3000:]
     assert json.loads((run / "metrics.json").read_text())["steps"] == 6
 

@@ -1,9 +1,6 @@
 """Several teachers at once (issue 17): teacher=ensemble averages the members' logits, weighted."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +10,7 @@ from distill.errors import DistillError
 from distill.models.ensemble import ensemble
 from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, save_pretrained
 from distill.models.student import random_bert
+from tests import cli_run
 
 ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "negative", 1: "positive"}
@@ -77,11 +75,8 @@ def test_members_with_different_tokenizers_are_refused(members, tmp_path):
 def test_train_from_an_ensemble_through_the_cli(members, tmp_path):
     """`distill train teacher=ensemble teacher.members=[A,B]`: the teacher's test score in metrics.json is the
     averaged members' (computed here from each member alone); the logits cache holds the average."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    run = subprocess.run([sys.executable, "-m", "distill.cli", "train", "teacher=ensemble",
-                          f"teacher.members=[{members[0]},{members[1]}]", "student=tiny", "data=tiny", "losses=logits",
-                          "trainer.epochs=2", f"hydra.run.dir={tmp_path}"], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=600)
+    run = cli_run.distill("train", "teacher=ensemble", f"teacher.members=[{members[0]},{members[1]}]", "student=tiny",
+                          "data=tiny", "losses=logits", "trainer.epochs=2", f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     from distill import evaluate as ev

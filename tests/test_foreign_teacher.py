@@ -2,9 +2,6 @@
 BPE tokenizer, fine-tuned here, teaches our BERT student through its logits."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +15,7 @@ from distill.data.tokenize import teacher_word_index, tokenize
 from distill.models.foreign import from_pretrained, teacher_tokenizer
 from distill.models.hub import from_pretrained as bert_from_pretrained
 from distill.models.hub import load_tokenizer, minilm_l6_path
+from tests import cli_run
 from tests.foreign_helpers import roberta_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +28,7 @@ def teachers(tmp_path_factory):
 
 
 def _cli(*args):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return cli_run.distill(*args)  # in this process (tests/cli_run.py)
 
 
 def test_word_index_points_each_student_position_at_its_words_first_teacher_sub_token():

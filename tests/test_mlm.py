@@ -3,8 +3,6 @@ from the CLI (a tiny teacher whose masked-LM head is fitted, then a task stage f
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from distill.errors import DistillError
 from distill.losses.mlm import MaskedLM, MaskedLMKD, NextSentence
 from distill.models.hub import load_tokenizer, minilm_l6_path
 from distill.outputs import ModelOutputs
+from tests import cli_run
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,9 +110,7 @@ def test_next_sentence_loss_and_one_line_errors():
 
 
 def _cli(*args, cache):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "distill.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return cli_run.distill(*args, env={"DISTILL_CACHE": str(cache)})  # in this process (tests/cli_run.py)
 
 
 def test_general_distillation_from_the_cli_then_a_task_stage_from_its_student(tmp_path):

@@ -1,9 +1,6 @@
 """`distill predict`: a student dir and its ONNX export label a file the same way, row by row as alone."""
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +9,7 @@ import torch
 from distill import evaluate as ev
 from distill.cli import main
 from distill.export import export
+from tests import cli_run
 from tests.export_helpers import sentences, tiny_model, tiny_tokenizer
 from tests.test_export import saved
 
@@ -20,9 +18,7 @@ TAGS = ["O", "B-PER", "I-PER"]
 
 
 def _cli(*args, stdin=None):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "distill.cli", "predict", *args], cwd=ROOT, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=600)
+    return cli_run.distill("predict", *args, stdin=stdin)  # in this process (tests/cli_run.py)
 
 
 def _read(path: Path) -> list[dict]:
