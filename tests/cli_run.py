@@ -20,6 +20,7 @@ import subprocess
 import sys
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -63,19 +64,17 @@ def _process_state(cwd: Path):
         torch.set_num_threads(threads)
 
 
-def distill(*args, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
-            stdin: str | None = None) -> subprocess.CompletedProcess:
-    """``distill *args`` with ``env`` added to the environment: its exit code, stdout and stderr. An exception
-    that escapes `main` is what the program would print as a traceback with exit code 1, so it is that here."""
-    from distill.cli import main
-
+def run_main(main: Callable[[], int | None], argv: list[str], cwd: Path | str = ROOT,
+             env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """A program's ``main()`` with ``sys.argv = argv`` and ``env`` added to the environment: its exit code, stdout
+    and stderr. An exception that escapes it is what the program would print as a traceback with exit code 1,
+    so it is that here."""
     out, err = io.StringIO(), io.StringIO()
-    argv = [str(a) for a in args]
     with _environ({"HF_HUB_OFFLINE": "1", **(env or {})}), _process_state(Path(cwd)), \
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        saved_stdin, sys.stdin = sys.stdin, io.StringIO(stdin or "")
+        saved_stdin, sys.stdin, sys.argv = sys.stdin, io.StringIO(stdin or ""), argv
         try:
-            code = main(argv)
+            code = main() or 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except Exception:
@@ -83,4 +82,13 @@ def distill(*args, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
             code = 1
         finally:
             sys.stdin = saved_stdin
-    return subprocess.CompletedProcess(["distill", *argv], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
+
+
+def distill(*args, cwd: Path | str = ROOT, env: dict[str, str] | None = None,
+            stdin: str | None = None) -> subprocess.CompletedProcess:
+    """``distill *args``: `distill.cli.main(args)`, as the program calls it."""
+    from distill.cli import main
+
+    argv = ["distill", *(str(a) for a in args)]
+    return run_main(lambda: main(argv[1:]), argv, cwd=cwd, env=env, stdin=stdin)

@@ -16,12 +16,17 @@ from safetensors.torch import load_file
 import distill.checkpoint
 from distill.engine import train
 from distill.errors import DistillError
+from tests import cli_run, run_tiny_training
 from tests import engine_helpers as H
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(out, *flags):
+    """tests/run_tiny_training.py: in a process of its own where it kills itself, in this one otherwise (the same
+    main(), without a fresh process's imports; tests/cli_run.py)."""
+    if not any(flag.startswith("--kill") for flag in flags):
+        return cli_run.run_main(run_tiny_training.main, ["run_tiny_training", str(out), *flags])
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "tests.run_tiny_training", str(out), *flags], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
