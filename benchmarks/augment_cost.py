@@ -1,13 +1,14 @@
 """What augmentation costs: seconds per 1,000 training sentences, measured side by side in one run.
 
-    python benchmarks/augment_cost.py            # MR, 1,000 training sentences, n=8 (the quickstart's settings)
+    python benchmarks/augment_cost.py            # MR, 1,000 training sentences, n=8, masked-LM (contextual) candidates
+    python benchmarks/augment_cost.py method=neighbours   # embedding neighbours only, no head to fit (the quickstart's)
     python benchmarks/augment_cost.py rows=500 n=4
     python benchmarks/augment_cost.py precision=both   # generation in fp32 and bf16, side by side (the fit is fp32)
 
-Times, in a fresh cache: fitting the masked-LM head, generating the variants (candidates + sampling),
-the teacher labelling every augmented row (forward, batch 32, as the KD stage's first epoch does), and
-one student KD step over the same rows, so the ratios (labelling / student training) hold on any
-machine. JSON last line: {"mlm_fit_s_per_1k", "generate_s_per_1k", "label_s_per_1k_sentences",
+Times, in a fresh cache: fitting the masked-LM head (0 with method=neighbours), generating the variants
+(candidates + sampling), the teacher labelling every augmented row (forward, batch 32, as the KD stage's first
+epoch does), and one student KD step over the same rows, so the ratios (labelling / student training) hold on
+any machine. JSON last line: {"mlm_fit_s_per_1k", "generate_s_per_1k", "label_s_per_1k_sentences",
 "rows_per_sentence", "label_over_student_steps"}; with precision=both only generation (the head is
 fitted in fp32 at any precision: bf16 fits collapsed), each precision twice in a fresh cache,
 alternating: {"bf16_over_fp32_generate", "fit_s"}.
@@ -31,10 +32,11 @@ import torch
 def main(argv: list[str]) -> None:
     opts = dict(a.split("=", 1) for a in argv)
     rows, n, precision = int(opts.get("rows", 1000)), int(opts.get("n", 8)), opts.get("precision", "auto")
+    method = opts.get("method", "contextual")
     if precision == "both":
         return compare_precisions(rows, n)
     with fresh_cache():
-        measure(rows, n, precision)
+        measure(rows, n, precision, method)
 
 
 @contextlib.contextmanager
@@ -47,8 +49,9 @@ def fresh_cache():
         shutil.rmtree(cache, ignore_errors=True)
 
 
-def fit_and_generate(rows: int, n: int, precision: str) -> tuple[float, float, object]:
-    """Seconds to fit the masked-LM head, seconds to generate the variants, the augmented data."""
+def fit_and_generate(rows: int, n: int, precision: str, method: str = "contextual") -> tuple[float, float, object]:
+    """Seconds to fit the masked-LM head (none for method=neighbours), seconds to generate the variants, the
+    augmented data."""
     from distill.data.augment import Augment
     from distill.data.mlm_head import fingerprint, masked_lm
     from distill.data.sources import mr
@@ -57,7 +60,9 @@ def fit_and_generate(rows: int, n: int, precision: str) -> tuple[float, float, o
     data = mr()
     data.splits["train"] = data.splits["train"].select(range(rows))
     tokenizer = load_tokenizer(minilm_l6_path())
-    settings = Augment(n=n, max_length=64, precision=precision)
+    settings = Augment(n=n, max_length=64, precision=precision, method=method)
+    if method == "neighbours":  # candidates from the teacher's embeddings alone: nothing to fit
+        return (0.0, *generate(rows, n, precision, method))
     texts = list(data.splits["train"]["text"])
     t0 = time.perf_counter()
     model = load_packaged_minilm(task="mlm")
@@ -88,7 +93,7 @@ def compare_precisions(rows: int, n: int) -> None:
     print(json.dumps({"bf16_over_fp32_generate": round(gen["bf16"] / gen["no"], 3), "fit_s": round(fit_s, 1)}))
 
 
-def generate(rows: int, n: int, precision: str) -> tuple[float, object]:
+def generate(rows: int, n: int, precision: str, method: str = "contextual") -> tuple[float, object]:
     """Seconds to generate the variants with the head already cached, and the augmented data."""
     from distill.data.augment import Augment, augment
     from distill.data.sources import mr
@@ -97,19 +102,19 @@ def generate(rows: int, n: int, precision: str) -> tuple[float, object]:
     data = mr()
     data.splits["train"] = data.splits["train"].select(range(rows))
     t0 = time.perf_counter()
-    out = augment(data, load_tokenizer(minilm_l6_path()), Augment(n=n, max_length=64, precision=precision),
-                  lambda: load_packaged_minilm(task="mlm"))
+    settings = Augment(n=n, max_length=64, precision=precision, method=method)
+    out = augment(data, load_tokenizer(minilm_l6_path()), settings, lambda: load_packaged_minilm(task="mlm"))
     return time.perf_counter() - t0, out
 
 
-def measure(rows: int, n: int, precision: str) -> None:
+def measure(rows: int, n: int, precision: str, method: str) -> None:
     from distill.data.collate import Collator, make_dataloader
     from distill.data.tokenize import tokenize
     from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
     from distill.models.student import student_from_teacher
 
     tokenizer = load_tokenizer(minilm_l6_path())
-    fit_s, gen_s, out = fit_and_generate(rows, n, precision)
+    fit_s, gen_s, out = fit_and_generate(rows, n, precision, method)
     train = tokenize(out, tokenizer, 64)["train"]
     loader = make_dataloader(train, Collator(tokenizer), 32, shuffle=False, group_by_length=True)
     teacher = load_packaged_minilm(id2label={0: "negative", 1: "positive"}).eval()
@@ -131,7 +136,7 @@ def measure(rows: int, n: int, precision: str) -> None:
         optimizer.zero_grad()
         step_s += time.perf_counter() - t0
     per_k = 1000 / rows
-    print(f"{rows} sentences -> {len(train)} rows: masked-LM fit {fit_s:.1f} s, generation {gen_s:.1f} s, "
+    print(f"{rows} sentences ({method}) -> {len(train)} rows: masked-LM fit {fit_s:.1f} s, generation {gen_s:.1f} s, "
           f"teacher labelling {label_s:.1f} s, student KD steps {step_s:.1f} s")
     print(json.dumps({"mlm_fit_s_per_1k": round(fit_s * per_k, 1), "generate_s_per_1k": round(gen_s * per_k, 1),
                       "label_s_per_1k_sentences": round(label_s * per_k, 1),
