@@ -84,7 +84,7 @@ def test_hydra_flags_with_values_reach_hydra(tmp_path):
 
 def test_train_subprocess_writes_the_run_dir(tmp_path):
     run = _process("train", "recipe=mr_logits", *SMOKE, "data.limit=64", "trainer.max_steps=5",
-               f"hydra.run.dir={tmp_path}")
+                   f"hydra.run.dir={tmp_path}")
     assert run.returncode == 0, run.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["steps"] == 5
@@ -128,7 +128,7 @@ def test_train_subprocess_writes_the_run_dir(tmp_path):
     assert "distill train recipe=mr_logits teacher=tiny" in text  # the command that made it
     (tmp_path / "new.csv").write_text("text\na moving film\nslow and dull\n")
     predicted = _process("predict", f"model={tmp_path}", f"input={tmp_path / 'new.csv'}",  # as the README shows it
-                     f"output={tmp_path / 'preds.csv'}")
+                         f"output={tmp_path / 'preds.csv'}")
     assert predicted.returncode == 0, predicted.stderr[-3000:]
     rows = (tmp_path / "preds.csv").read_text().splitlines()
     assert rows[0] == "text,predicted_label,p_negative,p_positive" and len(rows) == 3
