@@ -57,12 +57,12 @@ def fit_and_generate(rows: int, n: int, precision: str, method: str = "contextua
     from distill.data.sources import mr
     from distill.models.hub import load_packaged_minilm, load_tokenizer, minilm_l6_path
 
+    if method == "neighbours":  # candidates from the teacher's embeddings alone: nothing to fit
+        return (0.0, *generate(rows, n, precision, method))
     data = mr()
     data.splits["train"] = data.splits["train"].select(range(rows))
     tokenizer = load_tokenizer(minilm_l6_path())
     settings = Augment(n=n, max_length=64, precision=precision, method=method)
-    if method == "neighbours":  # candidates from the teacher's embeddings alone: nothing to fit
-        return (0.0, *generate(rows, n, precision, method))
     texts = list(data.splits["train"]["text"])
     t0 = time.perf_counter()
     model = load_packaged_minilm(task="mlm")
