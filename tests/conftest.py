@@ -3,9 +3,10 @@
 import logging
 import os
 
-# pytest-xdist runs one worker per core and most tests start `distill` processes: each on one intra-op thread
-# (subprocesses inherit it), not two workers' processes x 2 OpenMP threads spinning against each other on 2
-# cores (two tiny pipelines side by side here: 34-40 s on one thread each, 41-66 s on two)
+# pytest-xdist runs one worker per core and most tests run `distill` (in the worker, tests/cli_run.py, or in a
+# process of its own): each worker and every process it starts on one intra-op thread (inherited), not two
+# workers x 2 OpenMP threads spinning against each other on 2 cores (two tiny pipelines side by side here:
+# 34-40 s on one thread each, 41-66 s on two)
 if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 

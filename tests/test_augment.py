@@ -26,8 +26,6 @@ from distill.outputs import ModelOutputs
 from distill.pipeline import CONTROL
 from tests import cli_run
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -227,8 +225,7 @@ def test_masked_lm_head_fit_learns_and_is_reused_from_cache(tokenizer):
     assert all(torch.equal(v, fitted.state_dict()[k]) for k, v in cached.state_dict().items())
 
 
-def _cli(*args, env=None):
-    return cli_run.distill(*args, env=env)  # in this process (tests/cli_run.py)
+_cli = cli_run.distill  # `distill ARGS` in this process (tests/cli_run.py)
 
 
 TINY_MLM = ["augment=words", "data.augment.n=2", "data.augment.mlm.model._target_=distill.models.student.random_bert",

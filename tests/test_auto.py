@@ -1,15 +1,12 @@
 """recipe=auto (issue 17): stages sized from the data, two students, the target picks the one shipped."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from distill.auto import Target, choose, plan_for
 from distill.errors import DistillError
 from tests import cli_run
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_plan_sizes_every_stage_from_rows_and_lengths():

@@ -1,7 +1,6 @@
 """Several teachers at once (issue 17): teacher=ensemble averages the members' logits, weighted."""
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +11,6 @@ from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, 
 from distill.models.student import random_bert
 from tests import cli_run
 
-ROOT = Path(__file__).resolve().parents[1]
 NAMES = {0: "negative", 1: "positive"}
 
 

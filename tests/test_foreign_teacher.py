@@ -27,8 +27,7 @@ def teachers(tmp_path_factory):
     return {task: roberta_teacher(root / task, task) for task in ("sequence", "token")}
 
 
-def _cli(*args):
-    return cli_run.distill(*args)  # in this process (tests/cli_run.py)
+_cli = cli_run.distill  # `distill ARGS` in this process (tests/cli_run.py)
 
 
 def test_word_index_points_each_student_position_at_its_words_first_teacher_sub_token():

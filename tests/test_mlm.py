@@ -19,8 +19,6 @@ from distill.outputs import ModelOutputs
 from tests import cli_run
 from tests.conftest import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
 def tokenizer():

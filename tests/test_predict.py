@@ -13,7 +13,6 @@ from tests import cli_run
 from tests.export_helpers import sentences, tiny_model, tiny_tokenizer
 from tests.test_export import saved
 
-ROOT = Path(__file__).resolve().parents[1]
 TAGS = ["O", "B-PER", "I-PER"]
 
 
