@@ -70,9 +70,10 @@ def main(argv: list[str]) -> None:
               "student (KD)": shipped.get("distill", str(median_row["dirs"]["distill"] / "student")),
               "student (no KD)": shipped.get("baseline", str(median_row["dirs"]["baseline"] / "student"))}
     if "control" in median_row:
-        models[CONTROL] = str(median_row["dirs"]["control"] / "student")
+        models[CONTROL] = shipped.get("control", str(median_row["dirs"]["control"] / "student"))
     report = compare(models, None, data, out_dir=out_root / f"seed{median_row['seed']}", teacher="teacher",
-                     baseline="student (no KD)", measure=Measure(threads=1, max_length=cfg.data.max_length))
+                     baseline="student (no KD)", measure=Measure(threads=1, max_length=cfg.data.max_length),
+                     pairs=[("student (KD)", CONTROL)] if CONTROL in models else [])
     from distill.report import table
 
     print(table(report))
@@ -93,10 +94,11 @@ def train_seed(cfg, seed: int) -> dict:
 
 
 def ship(row: dict, data, cfg, out: Path) -> None:
-    """Export a seed's KD and no-KD students as ``distill export`` ships them (trimmed vocabulary) and score
+    """Export a seed's KD, no-KD (and control) students as ``distill export`` ships them (trimmed vocabulary) and score
     what was shipped on the test split, each with its own tokenizer: ``row["kd_shipped"]`` etc."""
     row["shipped"] = {}
-    for stage, name in (("distill", "kd"), ("baseline", "baseline")):
+    stages = [("distill", "kd"), ("baseline", "baseline")] + [("control", "control")] * ("control" in row["dirs"])
+    for stage, name in stages:
         target = out / f"{stage}-trimmed"
         for line in export(str(row["dirs"][stage] / "student"), target, formats=["hf"], trim_vocab=True,
                            texts=train_texts(data), eval_data=data, max_length=cfg.data.max_length,
@@ -141,10 +143,13 @@ def summary(rows: list[dict], report: dict, key: str, seeds: list[int], trim: bo
             "control_metric": None if control_m is None else round(control_m, 4),
             "control_vs_baseline_p": report["models"].get(CONTROL, {}).get("mcnemar", {})
             .get("student (no KD)", {}).get("p_value"),
+            "kd_vs_control_p": kd_report["mcnemar"].get(CONTROL, {}).get("p_value"),
+            "kd_vs_control_bootstrap_p": kd_report["paired_bootstrap"].get(CONTROL, {}).get("p_value"),
             "per_seed": [{"seed": r["seed"], "kd": r["kd"][key], "baseline": r["baseline"][key],
                           "control": r.get("control", {}).get(key),
                           "kd_shipped": r.get("kd_shipped", {}).get(key),
                           "baseline_shipped": r.get("baseline_shipped", {}).get(key),
+                          "control_shipped": r.get("control_shipped", {}).get(key),
                           "kd_shipped_vocab": r.get("kd_shipped_vocab")} for r in rows],
             "seeds": seeds, "metric": key}
 

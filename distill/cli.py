@@ -164,6 +164,8 @@ def _pipeline(cfg, out_dir):
     if not result:  # not rank 0 of a multi-process launch: rank 0 reports
         return
     print(markdown_table(result["report"]))
+    for line in result["report"]["notes"]:  # which differences are significant, as `distill compare` prints them
+        print(f"- {line}")
     for line in result["exports"]:
         from distill.export import summary_line
 

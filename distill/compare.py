@@ -135,14 +135,16 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
             label_names: Sequence[str] | None = None, out_dir: str | os.PathLike = "compare",
             teacher: str = "teacher", baseline: str | None = None, latency_texts: Sequence[str] | None = None,
             curves: Mapping[str, str | os.PathLike | Sequence[Mapping]] | None = None,
-            measure: Measure = Measure()) -> dict:
+            measure: Measure = Measure(), pairs: Sequence[tuple[str, str]] = ()) -> dict:
     """Evaluate every model on one split, time it on CPU, and write report.md / report.json / PNGs.
 
     ``models``: name → our model, checkpoint dir, or ``.onnx`` file; ``teacher`` names the reference
     and ``baseline`` (e.g. the no-KD student) gets its own McNemar column. ``curves``: run name →
-    metrics.jsonl / run dir / list of step dicts for the training-curve plot.
+    metrics.jsonl / run dir / list of step dicts for the training-curve plot. ``pairs``: more (model,
+    other) paired tests, e.g. the KD student against the control trained on the same rows without a teacher.
     """
-    for role, name in (("teacher", teacher), ("baseline", baseline)):
+    named = [("teacher", teacher), ("baseline", baseline), *(("pairs", n) for pair in pairs for n in pair)]
+    for role, name in named:
         if name is not None and name not in models:
             raise DistillError(f"{role}={name!r} is not among the models {list(models)}; name one of them")
     tokenizer = tokenizer or own_tokenizer(models[teacher])
@@ -176,7 +178,7 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
                 raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
             preflight = preflight_from_predictions(preds[name], model.config, label_names, measure.min_kappa)
         del model, forward
-    _relative_to(results, preds, teacher, baseline, label_names, measure.seed)
+    _relative_to(results, preds, teacher, baseline, label_names, measure.seed, pairs)
     _same_runtime(results, teacher, next(iter(onnx_teacher), None))
 
     report = {
@@ -220,8 +222,10 @@ def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_
     return (own_split, *latency_inputs(own, own_split, latency_texts, measure.max_length))
 
 
-def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None, label_names, seed: int) -> None:
-    """Ratios to the teacher, agreement with it, and paired tests against the teacher and the baseline."""
+def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None, label_names, seed: int,
+                 pairs: Sequence[tuple[str, str]] = ()) -> None:
+    """Ratios to the teacher, agreement with it, and paired tests against the teacher, the baseline and
+    each model's partners in ``pairs``."""
     ref = results[teacher]
     for name, r in results.items():
         r["retention"] = {k: _ratio(v["value"], ref["metrics"][k]["value"]) for k, v in r["metrics"].items()}
@@ -230,7 +234,8 @@ def _relative_to(results: dict, preds: dict, teacher: str, baseline: str | None,
         r["size_ratio"] = _ratio(r["size_bytes"], ref["size_bytes"])
         r["params_ratio"] = _ratio(r["params"]["total"], ref["params"]["total"])
         r["agreement_with_teacher"] = ev.agreement(preds[name], preds[teacher])
-        others = [other for other in (teacher, baseline) if other is not None and other != name]
+        partners = [other for model, other in pairs if model == name]
+        others = [other for other in (teacher, baseline, *partners) if other is not None and other != name]
         r["mcnemar"] = {other: ev.mcnemar(preds[name].correct, preds[other].correct) for other in others}
         r["paired_bootstrap"] = {other: ev.paired_bootstrap(preds[name], preds[other], label_names, seed=seed)
                                  for other in others}

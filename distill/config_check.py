@@ -21,7 +21,11 @@ from distill.errors import DistillError
 # the config groups of config.yaml's defaults list: teacher, student, data, losses, trainer, logger, augment, recipe
 GROUPS = tuple(next(iter(d)) for d in OmegaConf.load(resources.files("distill") / "conf" / "config.yaml").defaults
                if isinstance(d, DictConfig))
-OPTIONAL = ("augment", "recipe")  # null by default: no augmentation, no recipe
+# what to type instead of GROUP=null (a recipe's data.augment values outlive ~augment: null the node itself)
+NULL_HINTS = {"teacher": "to drop the teacher use ~teacher (and losses=hard_only: fine-tuning)",
+              "augment": "augmentation is off unless augment=words or a recipe turns it on; to turn a recipe's "
+                         "off use data.augment=null",
+              "recipe": "leave recipe out: no recipe is the default"}
 
 
 def options(group: str) -> list[str]:
@@ -48,11 +52,9 @@ def check_choices(overrides: list[str]) -> None:
         if group not in GROUPS or o.is_delete():
             continue
         for value in _sweep_values(o) if o.is_sweep_override() else [o.value()]:
-            if value is None or str(value).lower() in ("null", "none", ""):
-                if group not in OPTIONAL:  # Hydra: a ValueError from its defaults list
-                    hint = " (and losses=hard_only: fine-tuning)" if group == "teacher" else ""
-                    raise DistillError(f"{o.input_line}: a config group takes one of {', '.join(options(group))}; "
-                                       f"to drop the {group} use ~{group}{hint}")
+            if value is None or str(value).lower() in ("null", "none", ""):  # Hydra: a ValueError, traced
+                raise DistillError(f"{o.input_line}: a config group takes one of {', '.join(options(group))}; "
+                                   f"{NULL_HINTS.get(group, f'to drop the {group} use ~{group}')}")
             elif str(value) not in options(group):
                 valid = "valid recipes" if group == "recipe" else "valid choices"
                 raise DistillError(f"unknown {group} {str(value)!r}; {valid}: {', '.join(options(group))}")
@@ -174,6 +176,25 @@ def target_config(node: DictConfig) -> schema.TargetConfig:
         raise DistillError(f"target: {e.msg}") from None
 
 
+def augment_config(node: DictConfig):
+    """The ``data.augment`` node → (``Augment`` settings, its ``mlm.model`` node, its ``mlm.extra_text``
+    node or None), typed by the dataclass and its values checked."""
+    from distill.data.augment import Augment
+
+    values = OmegaConf.to_container(node, resolve=True)
+    mlm = values.get("mlm") or {}
+    model_node, extra_node = mlm.pop("model", None), mlm.pop("extra_text", None)
+    if model_node is None:  # e.g. ~augment: the group's keys go, the recipe's data.augment values stay
+        raise DistillError("data.augment.mlm.model is missing; set it to a model node, e.g. {_target_: "
+                           "distill.models.hub.load_packaged_minilm}, or turn augmentation off with data.augment=null")
+    try:
+        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Augment), values))
+    except OmegaConfBaseException as e:  # a wrong key or type: OmegaConf names it
+        raise DistillError(f"data.augment: {e.msg}") from None
+    settings.check()
+    return settings, model_node, extra_node
+
+
 def check_values(cfg: DictConfig) -> None:
     """Missing required values (``???``) and impossible trainer settings (types were checked while
     composing), before any work starts."""
@@ -184,6 +205,8 @@ def check_values(cfg: DictConfig) -> None:
         trainer = trainer_config(cfg.trainer)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise DistillError(f"trainer.{getattr(e, 'key', '')}: {str(e).splitlines()[0]}") from None
+    if OmegaConf.select(cfg, "data.augment", default=None) is not None:  # before a pipeline's teacher stage
+        augment_config(cfg.data.augment)
     if cfg.get("target") is not None:  # recipe=auto's constraint: checked before any stage trains
         target_config(cfg.target)
     if trainer.metric_for_best is not None:  # a typo stops here, not after a pipeline's teacher stage

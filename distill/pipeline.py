@@ -100,6 +100,9 @@ def teacher_stage_config(cfg: DictConfig) -> DictConfig:
 def train_stages(cfg: DictConfig, baselines: bool = True) -> dict[str, Path]:
     """Teacher fine-tuning, the optional intermediate stage, distillation and the no-KD baseline (each
     reused when already done); returns their dirs by stage name."""
+    if cfg.get("control") and cfg.data.get("augment") is None:  # before the teacher stage, not silently skipped
+        raise DistillError("control=true trains a student on the augmented rows with gold labels; it needs data "
+                           "augmentation (augment=words or an augment recipe such as recipe=quickstart)")
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
     teacher_dir = stage("teacher", teacher_stage_config(cfg), root) / "student"
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}
@@ -171,7 +174,8 @@ def run_pipeline(cfg: DictConfig, out_dir: str | Path) -> dict:
         models[CONTROL] = str(dirs["control"] / "student")
         curves["augmented, gold labels"] = dirs["control"] / "metrics.jsonl"
     report = compare(models, None, data, out_dir=out, teacher="teacher", baseline="student (no KD)", curves=curves,
-                     measure=Measure(max_length=cfg.data.max_length))
+                     measure=Measure(max_length=cfg.data.max_length),
+                     pairs=[("student (KD)", CONTROL)] if CONTROL in models else [])  # what the teacher's labels add
     texts = train_texts(data)
     exports = export(kd_dir / "student", out / "export", formats=list(cfg.export.formats),
                      trim_vocab=bool(cfg.export.trim_vocab), texts=texts, eval_data=data,

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from distill import launch
-from distill.config_check import trainer_config
+from distill.config_check import augment_config, trainer_config
 from distill.data.collate import Collator, make_dataloader
 from distill.data.corpus import train_texts
 from distill.data.tokenize import summarize, tokenize, write_trained_tokens
@@ -170,24 +170,17 @@ def load_data(cfg: DictConfig, seed: int):
 def augmented(node: DictConfig, data, tokenizer):
     """``data`` with the ``data.augment`` node's variants appended (type-checked; one process
     generates, the others read its cache)."""
-    from distill.data.augment import Augment, augment
+    from distill.data.augment import augment
 
-    values = OmegaConf.to_container(node, resolve=True)
-    model_node, extra_node = values["mlm"].pop("model", None), values["mlm"].pop("extra_text", None)
-    try:
-        settings = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Augment), values))
-    except OmegaConfBaseException as e:  # a wrong key or type: OmegaConf names it
-        raise DistillError(f"data.augment: {e.msg}") from None
-    if model_node is None:
-        raise DistillError("data.augment.mlm.model is missing; set it to a model node, e.g. "
-                           "{_target_: distill.models.hub.load_packaged_minilm}")
+    settings, model_node, extra_node = augment_config(node)
     extra = []
     if extra_node is not None:  # more raw text for fitting the masked-LM head only
         source = hydra.utils.instantiate(extra_node)
         extra = list(source.splits["train"]["text"])  # its train split only: never held-out text
     log.info("Instantiating augmentation masked-LM <%s>", model_node.get("_target_"))
     with launch.state().main_process_first():
-        return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra)
+        return augment(data, tokenizer, settings, lambda: hydra.utils.instantiate(model_node, task="mlm"), extra,
+                       device=launch.state().device)
 
 
 def masked_lm_settings(node: DictConfig):

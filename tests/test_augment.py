@@ -212,6 +212,40 @@ def test_augment_errors_are_one_line(tokenizer):
     raw = TaskData(datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a b"]})}), [], "raw")
     with pytest.raises(DistillError, match="sequence or token task"):
         augment(raw, tokenizer, _settings(), tiny_mlm)
+    with pytest.raises(DistillError, match="batch_size=0 must be at least 1"):
+        augment(tiny(rows=40), tokenizer, _settings(batch_size=0), tiny_mlm)
+    with pytest.raises(DistillError, match="mlm.mlm_probability=0.0 must be in"):
+        augment(tiny(rows=40), tokenizer, _settings(mlm=MLMFit(mlm_probability=0.0)), tiny_mlm)
+    with pytest.raises(DistillError, match="delete_span=0.5 deletes words, which a token task's tags could not follow"):
+        augment(tiny(rows=40, task="token"), tokenizer, _settings(delete_span=0.5), tiny_mlm)
+
+
+def small_vocab_mlm():
+    from transformers import BertConfig
+
+    from distill.models.heads import BertForMaskedLM
+
+    return BertForMaskedLM(BertConfig(vocab_size=1000, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                      intermediate_size=64)).eval()
+
+
+@pytest.mark.parametrize("method", ["contextual", "neighbours"])
+def test_either_method_refuses_a_masked_lm_of_another_vocabulary(tokenizer, method):
+    # neighbours reads the embedding rows by the tokenizer's ids too: another vocabulary gives wrong words
+    with pytest.raises(DistillError, match="vocabulary of 1000 tokens but the teacher's tokenizer 30522"):
+        augment(tiny(rows=40), tokenizer, _settings(method=method), small_vocab_mlm)
+
+
+def test_mlm_epochs_0_refuses_a_head_the_checkpoint_lacks(tokenizer):
+    def headless():  # as hub.from_pretrained marks the packaged MiniLM, which ships no masked-LM head
+        model = tiny_mlm()
+        model.newly_initialised = ["cls.predictions.bias", "cls.predictions.transform.dense.weight"]
+        return model
+
+    with pytest.raises(DistillError, match="mlm.epochs=0 keeps the checkpoint's own masked-LM head, but this "):
+        augment(tiny(rows=40), tokenizer, _settings(mlm=MLMFit(epochs=0)), headless)
+    data = augment(tiny(rows=40), tokenizer, _settings(method="neighbours", mlm=MLMFit(epochs=0)), headless)
+    assert len(data.splits["train"]) > 40  # neighbours asks no head: epochs=0 is fine there
 
 
 def test_masked_lm_head_fit_learns_and_is_reused_from_cache(tokenizer):
@@ -265,6 +299,14 @@ def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == "error: data.augment.p=2.0 must be a probability in [0, 1]"
 
 
+def test_pipeline_control_without_augmentation_stops_before_the_teacher_stage(tmp_path):
+    run = _cli("pipeline", "teacher=tiny", "student=tiny", "data=tiny", "control=true",
+               f"stage_root={tmp_path / 'stages'}", f"hydra.run.dir={tmp_path / 'run'}")
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1].startswith("error: control=true trains a student on the augmented rows")
+    assert not (tmp_path / "stages").exists()  # nothing trained
+
+
 def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_gold_labels(tmp_path):
     """`distill pipeline recipe=quickstart` (the README's command, tiny models) with the control row."""
     from omegaconf import OmegaConf
@@ -286,7 +328,9 @@ def test_pipeline_baseline_trains_gold_rows_for_the_kd_steps_and_control_uses_go
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert set(report["models"]) == {"teacher", "student (KD)", "student (no KD)", CONTROL}
     assert "student (no KD)" in report["models"][CONTROL]["mcnemar"]
+    assert CONTROL in report["models"]["student (KD)"]["mcnemar"]  # what the teacher's labels add over more data
     assert CONTROL in run.stdout  # the printed table has the control row
+    assert f"student (KD) vs {CONTROL}: " in run.stdout  # and the notes its paired test against the KD student
     # the KD student trained on the variants' words too; export.vocab_size=null keeps the labelled rows' tokens
     trained, gold = (set(read_trained_tokens(dirs[name] / "student")) for name in ("distill", "baseline"))
     specials = set(load_tokenizer(dirs["distill"] / "student").all_special_ids)

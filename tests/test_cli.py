@@ -295,6 +295,13 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["train", "-m", "recipe=glob(zz*)"], ["matches no recipe", "quickstart"]),  # was Hydra's ConfigLoader trace
     (["train", "teacher=null"],
      ["teacher=null: a config group takes one of ensemble, hf_any, hf_dir, minilm_l6, tiny", "~teacher"]),
+    (["train", "augment=null"], ["augment=null: a config group takes one of words", "data.augment=null"]),
+    (["train", "recipe=null"], ["recipe=null: a config group takes one of", "leave recipe out"]),
+    # ~augment drops the group's keys; the recipe's own data.augment values stay behind
+    (["train", "recipe=quickstart", "~augment"], ["data.augment.mlm.model is missing", "data.augment=null"]),
+    # checked when the config is, not in the KD stage after the pipeline fine-tuned its teacher
+    (["pipeline", "recipe=quickstart", "data.augment.mlm.batch_size=0"],
+     ["data.augment.mlm.batch_size=0 must be at least 1"]),
     (["train", "recipe=auto"], ["recipe=auto trains several students", "distill pipeline recipe=auto"]),
     (["pipeline", "recipe=auto", "target.min_retention=99"], ["target.min_retention=99", "e.g. 0.99"]),
     (["pipeline", "recipe=auto", "target.max_latency_ms=-1"], ["target.max_latency_ms=-1.0 must be a positive number"]),

@@ -39,7 +39,7 @@ import torch
 from distill.data.contextual import contextual_candidates
 from distill.data.corpus import TaskData, cache_dir, save_dataset
 from distill.data.mentions import mention_bank, swap
-from distill.data.mlm_head import MLMFit, masked_lm
+from distill.data.mlm_head import MLMFit, check_masked_lm, masked_lm
 from distill.data.mlm_head import fingerprint as mlm_fingerprint
 from distill.data.neighbours import embedding_neighbours
 from distill.data.splits import normalise
@@ -74,7 +74,7 @@ class Augment:
 
     def check(self) -> None:
         problems = [
-            (self.n >= 1, f"n={self.n} must be at least 1 variant per row (or augment=null for none)"),
+            (self.n >= 1, f"n={self.n} must be at least 1 variant per row (data.augment=null for none)"),
             (0 <= self.p <= 1, f"p={self.p} must be a probability in [0, 1]"),
             (self.top_k >= 1, f"top_k={self.top_k} must be at least 1"),
             (self.pool == 0 or self.pool >= self.top_k, f"pool={self.pool} must be 0 or at least top_k={self.top_k}"),
@@ -84,7 +84,13 @@ class Augment:
             (0 <= self.delete_span <= 1, f"delete_span={self.delete_span} must be in [0, 1]"),
             (self.label in ("teacher", "gold"), f"label={self.label!r}: use teacher or gold"),
             (self.precision in ("auto", "bf16", "no"), f"precision={self.precision!r}: use auto, bf16 or no"),
+            (self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1"),
+            (self.max_length >= 3, f"max_length={self.max_length} must be at least 3 tokens ([CLS] word [SEP])"),
             (self.mlm.epochs >= 0, f"mlm.epochs={self.mlm.epochs} must be >= 0"),
+            (self.mlm.batch_size >= 1, f"mlm.batch_size={self.mlm.batch_size} must be at least 1"),
+            (self.mlm.lr > 0, f"mlm.lr={self.mlm.lr} must be positive"),
+            (0 < self.mlm.mlm_probability < 1, f"mlm.mlm_probability={self.mlm.mlm_probability} must be in (0, 1)"),
+            (self.mlm.train_layers >= 0, f"mlm.train_layers={self.mlm.train_layers} must be >= 0"),
         ]
         for ok, message in problems:
             if not ok:
@@ -230,24 +236,30 @@ def _all_gold(batch: dict) -> dict:
 
 
 def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[], object],
-            extra_text: Sequence[str] = ()) -> TaskData:
-    """``data`` with ``settings.n`` variants of every train row appended (see the module docstring)."""
+            extra_text: Sequence[str] = (), device: torch.device | str | None = None) -> TaskData:
+    """``data`` with ``settings.n`` variants of every train row appended (see the module docstring).
+    ``device``: where the candidates are generated (default: a GPU when there is one)."""
     settings.check()
     if data.task not in ("sequence", "token"):
         raise DistillError(f"data.augment needs a sequence or token task, not task={data.task!r}")
+    if data.task == "token" and settings.delete_span:
+        raise DistillError(f"data.augment.delete_span={settings.delete_span} deletes words, which a token task's "
+                           "tags could not follow; set it to 0 for token tasks")
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DistillError("data.augment: the train split is empty")
     if "gold" in data.splits["train"].column_names:
         raise DistillError("data.augment is applied once; this train split is already augmented")
     start = time.perf_counter()
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # generation is batched on the accelerator
-    mlm = mlm_model().to(device)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    mlm = mlm_model()
+    check_masked_lm(mlm, tokenizer)  # either method reads its word embeddings by the tokenizer's ids
+    mlm = mlm.to(device)
     rows = _rows(data)
     texts = [r.text for r in rows] + list(extra_text)
     held = data.splits.get("validation")
     held_texts = [] if held is None else [" ".join(t) for t in held["tokens"]] if data.task == "token" else held["text"]
     bf16 = resolve_precision(settings.precision) == "bf16"
-    if bf16 and device == "cuda" and not torch.cuda.is_bf16_supported():
+    if bf16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise DistillError("data.augment.precision=bf16, but this GPU has no bf16 (before Ampere); use auto or no")
     mlm_key = mlm_fingerprint(mlm, tokenizer, texts, settings.mlm)  # fitted in fp32, whatever the precision
     key = _fingerprint(data, tokenizer, settings, mlm_key, extra_text)
@@ -258,7 +270,7 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
         if settings.method == "contextual":  # the neighbours method asks no masked-LM
             # fp32: under bf16 autocast the fit collapsed on MR (held-out top-1 0.000 vs 0.168 in fp32)
             mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):  # the candidates' forwards
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # the candidates' forwards
             candidates = _candidates(rows, mlm, tokenizer, settings)
         columns, share = _generate(data, rows, candidates, settings)
         train = data.splits["train"]
