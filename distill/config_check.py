@@ -205,8 +205,9 @@ def check_values(cfg: DictConfig) -> None:
         trainer = trainer_config(cfg.trainer)
     except OmegaConfBaseException as e:  # an interpolation that does not resolve
         raise DistillError(f"trainer.{getattr(e, 'key', '')}: {str(e).splitlines()[0]}") from None
-    if OmegaConf.select(cfg, "data.augment", default=None) is not None:  # before a pipeline's teacher stage
-        augment_config(cfg.data.augment)
+    augment = OmegaConf.select(cfg, "data.augment", default=None)
+    if augment is not None and not (cfg.get("auto") is not None and augment.get("n") == 0):  # auto: n=0 is none
+        augment_config(augment)  # here, not after a pipeline's teacher stage
     if cfg.get("target") is not None:  # recipe=auto's constraint: checked before any stage trains
         target_config(cfg.target)
     if trainer.metric_for_best is not None:  # a typo stops here, not after a pipeline's teacher stage

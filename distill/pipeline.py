@@ -101,8 +101,12 @@ def train_stages(cfg: DictConfig, baselines: bool = True) -> dict[str, Path]:
     """Teacher fine-tuning, the optional intermediate stage, distillation and the no-KD baseline (each
     reused when already done); returns their dirs by stage name."""
     if cfg.get("control") and cfg.data.get("augment") is None:  # before the teacher stage, not silently skipped
-        raise DistillError("control=true trains a student on the augmented rows with gold labels; it needs data "
-                           "augmentation (augment=words or an augment recipe such as recipe=quickstart)")
+        raise DistillError("control=true trains a student on the augmented rows with gold labels, and this run "
+                           "augments nothing; turn augmentation on (augment=words, or a recipe such as "
+                           "recipe=quickstart) or drop control=true")
+    if cfg.get("control") and not baselines:
+        raise DistillError("control=true trains a no-teacher student beside the KD one; with recipe=auto it needs "
+                           "auto.baselines=true")
     root = Path(hydra.utils.to_absolute_path(cfg.stage_root))
     teacher_dir = stage("teacher", teacher_stage_config(cfg), root) / "student"
     fine_tuned = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": str(teacher_dir)}

@@ -27,6 +27,19 @@ def test_plan_sizes_every_stage_from_rows_and_lengths():
     assert yours.reasons[-1] == "trainer.max_steps=30 (set on the command line) caps the epochs above"
 
 
+def test_augment_n_0_is_autos_no_augmentation_and_other_values_are_still_checked(tmp_path):
+    from distill.config_check import compose_checked
+    from distill.pipeline import train_stages
+
+    assert compose_checked(["recipe=auto", "data.augment.n=0"]).data.augment.n == 0  # the plan keeps it: none
+    with pytest.raises(DistillError, match="data.augment.p=2.0 must be a probability"):
+        compose_checked(["recipe=auto", "data.augment.p=2"])
+    cfg = compose_checked(["recipe=auto", "control=true", f"stage_root={tmp_path / 'stages'}"])
+    with pytest.raises(DistillError, match="with recipe=auto it needs auto.baselines=true"):
+        train_stages(cfg, baselines=False)  # as run_auto calls it by default: the control was silently skipped
+    assert not (tmp_path / "stages").exists()
+
+
 def test_what_the_user_sets_wins_over_the_plan_and_the_candidate():
     from omegaconf import OmegaConf
 

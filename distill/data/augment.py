@@ -252,7 +252,8 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     start = time.perf_counter()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mlm = mlm_model()
-    check_masked_lm(mlm, tokenizer)  # either method reads its word embeddings by the tokenizer's ids
+    # either method reads its word embeddings by the tokenizer's ids; checked before a cached result is reused
+    check_masked_lm(mlm, tokenizer, settings.mlm if settings.method == "contextual" else None)
     mlm = mlm.to(device)
     rows = _rows(data)
     texts = [r.text for r in rows] + list(extra_text)

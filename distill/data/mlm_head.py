@@ -145,25 +145,27 @@ def fit_head(model: BertForMaskedLM, tokenizer, texts: list[str], fit: MLMFit) -
     model.eval().requires_grad_(False)
 
 
-def check_masked_lm(model, tokenizer) -> None:
-    """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size."""
+def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
+    """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size,
+    and, when ``fit`` keeps the checkpoint's head (``epochs=0``), one the checkpoint has."""
     if not isinstance(model, BertForMaskedLM):
         raise DistillError(f"augment.mlm.model must build a masked-LM model (task='mlm'), not {type(model).__name__}")
     if model.config.vocab_size != len(tokenizer):
         raise DistillError(f"augment.mlm.model has a vocabulary of {model.config.vocab_size} tokens but the teacher's "
                            f"tokenizer {len(tokenizer)}; give a masked-LM with the teacher's vocabulary")
+    headless = any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", ()))
+    if fit is not None and fit.epochs == 0 and headless:
+        raise DistillError("mlm.epochs=0 keeps the checkpoint's own masked-LM head, but this checkpoint has none "
+                           "(its head would be random); fit one: data.augment.mlm.epochs "
+                           "(or data.mlm.teacher_head.epochs) >= 1")
 
 
 def masked_lm(model: BertForMaskedLM, tokenizer, texts: list[str], held_out: list[str], fit: MLMFit,
               key: str | None = None) -> BertForMaskedLM:
     """``model`` with a fitted (or cached) masked-LM head; logs its held-out top-1 accuracy.
     ``key``: ``fingerprint(model, tokenizer, texts, fit)`` when the caller has it already."""
-    check_masked_lm(model, tokenizer)
+    check_masked_lm(model, tokenizer, fit)
     if fit.epochs == 0:
-        if any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", ())):
-            raise DistillError("mlm.epochs=0 keeps the checkpoint's own masked-LM head, but this checkpoint has none "
-                               "(its head would be random); fit one: data.augment.mlm.epochs "
-                               "(or data.mlm.teacher_head.epochs) >= 1")
         log.info("masked-LM: the checkpoint's own head (mlm.epochs=0)")
         return model.eval().requires_grad_(False)
     if not texts:
