@@ -97,7 +97,9 @@ def ship(row: dict, data, cfg, out: Path) -> None:
     """Export a seed's KD, no-KD (and control) students as ``distill export`` ships them (trimmed vocabulary) and score
     what was shipped on the test split, each with its own tokenizer: ``row["kd_shipped"]`` etc."""
     row["shipped"] = {}
-    stages = [("distill", "kd"), ("baseline", "baseline")] + [("control", "control")] * ("control" in row["dirs"])
+    stages = [("distill", "kd"), ("baseline", "baseline")]
+    if "control" in row["dirs"]:
+        stages.append(("control", "control"))
     for stage, name in stages:
         target = out / f"{stage}-trimmed"
         for line in export(str(row["dirs"][stage] / "student"), target, formats=["hf"], trim_vocab=True,
