@@ -132,7 +132,7 @@ def train_stages(cfg: DictConfig, baselines: bool = True) -> dict[str, Path]:
     if augmenting:
         base_cfg.data.augment = None  # the no-KD twin trains on the labelled rows it was given
     dirs["baseline"] = stage("baseline", base_cfg, root)
-    if augmenting and cfg.get("control"):  # the same augmented rows with their source's gold label, no teacher
+    if cfg.get("control"):  # the same augmented rows (checked above) with their source's gold label, no teacher
         control = OmegaConf.merge(base_cfg, {"trainer": {"max_steps": kd_steps(dirs)}})
         control.data.augment = OmegaConf.merge(kd_cfg.data.augment, {"label": "gold"})
         dirs["control"] = stage("control", control, root)

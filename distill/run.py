@@ -196,12 +196,12 @@ def masked_lm_settings(node: DictConfig):
 def with_masked_lm_head(cfg: DictConfig, teacher, data):
     """The teacher with a masked-LM head to learn from: its checkpoint's own, or, when the checkpoint has
     none (the packaged MiniLM), one fitted once on the corpus and cached (one process fits, the rest read)."""
-    from distill.data.mlm_head import masked_lm
+    from distill.data.mlm_head import headless, masked_lm
 
     settings = masked_lm_settings(cfg.data.mlm)
     fit = settings.teacher_head
-    newly = getattr(teacher, "newly_initialised", None)  # None: built, not loaded (a random test model)
-    if newly is not None and not any(k.startswith("cls.predictions.") for k in newly):
+    loaded = hasattr(teacher, "newly_initialised")  # False: built, not loaded (a random test model)
+    if loaded and not headless(teacher):
         log.info("masked-LM: the teacher checkpoint's own head")
         fit = dataclasses.replace(fit, epochs=0)
     texts = list(data.splits["train"]["text"][:settings.head_texts])

@@ -145,6 +145,11 @@ def fit_head(model: BertForMaskedLM, tokenizer, texts: list[str], fit: MLMFit) -
     model.eval().requires_grad_(False)
 
 
+def headless(model) -> bool:
+    """The checkpoint ``model`` was loaded from had no masked-LM head (``from_pretrained`` initialised it)."""
+    return any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", ()))
+
+
 def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
     """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size,
     and, when ``fit`` keeps the checkpoint's head (``epochs=0``), one the checkpoint has."""
@@ -153,8 +158,7 @@ def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
     if model.config.vocab_size != len(tokenizer):
         raise DistillError(f"augment.mlm.model has a vocabulary of {model.config.vocab_size} tokens but the teacher's "
                            f"tokenizer {len(tokenizer)}; give a masked-LM with the teacher's vocabulary")
-    headless = any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", ()))
-    if fit is not None and fit.epochs == 0 and headless:
+    if fit is not None and fit.epochs == 0 and headless(model):
         raise DistillError("mlm.epochs=0 keeps the checkpoint's own masked-LM head, but this checkpoint has none "
                            "(its head would be random); fit one: data.augment.mlm.epochs "
                            "(or data.mlm.teacher_head.epochs) >= 1")
