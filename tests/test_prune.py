@@ -165,7 +165,7 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]` and `recipe=wnut16_compact_pruned_n32` (tiny teacher,
     a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned teacher, at
     the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin trains the KD
-    stages' steps (the rel recipe's relation stage, 1 epoch, counted)."""
+    stages' steps (the rel recipe's relation stage, 2 epochs, counted)."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
@@ -181,9 +181,9 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (n, delete_span, epochs)
     kd_stages = ["intermediate", "distill"] if recipe == "mr_compact_pruned_rel" else ["distill"]
     assert set(kd_stages) <= set(dirs)
-    if recipe == "mr_compact_pruned_rel":  # relations only, one epoch, then the KD stage starts from its student
+    if recipe == "mr_compact_pruned_rel":  # relations only, two epochs, then the KD stage starts from its student
         inter = OmegaConf.load(dirs["intermediate"] / "stage.yaml")
-        assert set(inter.losses) - {"_target_"} == {"relation"} and inter.trainer.epochs == 1
+        assert set(inter.losses) - {"_target_"} == {"relation"} and inter.trainer.epochs == 2
         assert kd.student.name_or_path == str(dirs["intermediate"] / "student")
     kd_steps = sum(json.loads((dirs[name] / "metrics.json").read_text())["steps"] for name in kd_stages)
     assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == kd_steps
