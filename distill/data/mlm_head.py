@@ -147,7 +147,7 @@ def fit_head(model: BertForMaskedLM, tokenizer, texts: list[str], fit: MLMFit) -
 
 def headless(model) -> bool:
     """The checkpoint ``model`` was loaded from had no masked-LM head (``from_pretrained`` initialised it)."""
-    return any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", ()))
+    return any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", None) or ())
 
 
 def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
