@@ -31,9 +31,10 @@ BOOKKEEPING = frozenset({"resume", "log_with", "project", "wandb_mode", "run_nam
 FREE_TO_CHANGE = BOOKKEEPING | {"teacher_cache", "epochs", "max_steps", "allow_untrained"}  # last: a guard only
 PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control", "stage_root", "description",
                  "auto.", "target.")
-# trainer keys added after runs existed, with the value that computes what runs before them did: absent from an
-# older checkpoint or stage key means that value, so those runs still resume (with it) and their stage dirs are reused
-ADDED_WITH = {"metric_for_best": None, "trim_embeddings": False}
+# trainer and data.augment keys added after runs existed, with the value that computes what runs before them did:
+# absent from an older checkpoint or stage key means that value, so those runs still resume (with it) and their
+# stage dirs are reused
+ADDED_WITH = {"metric_for_best": None, "trim_embeddings": False, "mask_share": 0.0}
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:

@@ -59,6 +59,10 @@ def stage_identity(resolved: dict) -> dict:
     leaves them to it — a stage trained under ``accelerate launch --mixed_precision bf16`` is another stage."""
     if isinstance(resolved.get("teacher"), dict):  # a guard, not what the stage computes
         resolved = {**resolved, "teacher": {k: v for k, v in resolved["teacher"].items() if k != "allow_untrained"}}
+    augment = (resolved.get("data") or {}).get("augment")
+    if isinstance(augment, dict):
+        augment = {k: v for k, v in augment.items() if not (k in ADDED_WITH and v == ADDED_WITH[k])}
+        resolved = {**resolved, "data": {**resolved["data"], "augment": augment}}
     trainer = resolved.get("trainer")
     if trainer is None:
         return resolved

@@ -126,6 +126,14 @@ def check_foreign_teacher(teacher, loss) -> None:
                            "use losses=logits, or a BERT teacher of the student's vocabulary (teacher=hf_dir)")
 
 
+def check_mask_share(node: DictConfig, teacher, tokenizer) -> None:
+    """Masked words are written as the student's mask token, which a teacher of another tokenizer reads as text."""
+    if node.get("mask_share") and teacher is not None and is_foreign(teacher):
+        raise DistillError(f"data.augment.mask_share={node.mask_share} writes the student's {tokenizer.mask_token}, "
+                           f"which this {teacher.config.model_type} teacher's tokenizer reads as plain text; set it "
+                           "to 0 for a teacher with its own tokenizer")
+
+
 def check_teacher_head(cfg: DictConfig, teacher, loss) -> None:
     """A teacher whose checkpoint has no classifier (the packaged MiniLM) teaches noise through its logits."""
     fresh = [k for k in getattr(teacher, "newly_initialised", []) if k.startswith("classifier")]
@@ -265,6 +273,7 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
         not is_foreign(teacher) else ""  # an ensemble's members share its first member's tokenizer
     tokenizer = load_tokenizer(source or student.config.name_or_path)
     if cfg.data.get("augment"):
+        check_mask_share(cfg.data.augment, teacher, tokenizer)
         data = augmented(cfg.data.augment, data, tokenizer)
     tokenized = tokenized_splits(cfg, data, tokenizer, teacher)
     log.info(summarize(data, tokenized))

@@ -165,6 +165,52 @@ def test_augment_sequence_rows_are_deterministic_flagged_and_cached(tokenizer, c
     assert control["label"] == aug["label"]  # each variant keeps its source row's label
 
 
+def _masked_or_same(source: str, variant: str) -> bool:
+    """``variant`` is ``source`` with some of its words (letters only) written as [MASK]."""
+    pattern = re.sub(r"[A-Za-z]+", lambda m: rf"(?:{m.group()}|\[MASK\])", re.escape(" ".join(source.split())))
+    return re.fullmatch(pattern, variant) is not None
+
+
+@pytest.mark.parametrize("task", ["sequence", "token"])
+def test_mask_share_1_writes_every_chosen_word_as_the_mask_token(tokenizer, task):
+    data = tiny(task=task, rows=80)
+    train, names = data.splits["train"], data.label_names
+    out = augment(data, tokenizer, _settings(mask_share=1.0, swap_mentions=0.0), tiny_mlm).splits["train"]
+    n = len(train)
+    if task == "sequence":
+        variants = out["text"][n:]
+        assert variants and all(_masked_or_same(train["text"][i], v) for i, v in _sources(train["text"], variants))
+        ids = tokenizer(variants)["input_ids"]
+        assert all(row.count(tokenizer.mask_token_id) == v.count("[MASK]") > 0 for row, v in zip(ids, variants))
+    else:
+        words = [w for ws in out["tokens"][n:] for w in ws]
+        assert "[MASK]" in words
+        for ws, ts in zip(out["tokens"][n:], out["tags"][n:]):  # tags aligned; only O words are masked
+            assert len(ws) == len(ts) and all(names[t] == "O" for w, t in zip(ws, ts) if w == "[MASK]")
+    assert set(out["gold"][n:]) == {0}
+
+
+def _sources(texts, variants):
+    """(source index, variant) pairs: the source is the text the variant masks (found by the pattern)."""
+    return [(next(i for i, t in enumerate(texts) if _masked_or_same(t, v)), v) for v in variants]
+
+
+def test_mask_share_0_draws_the_variants_drawn_before_it_existed():
+    """At mask_share=0 ``_replace`` makes the draws the expression before it made: sets cached before are the same."""
+    import random
+
+    from distill.data.augment import _match_case, _replace
+
+    words = ["The", "film", "was", "dull", "and", "long", "!"]
+    cands = [["a"], ["movie", "picture"], ["is"], ["slow", "flat", "tired"], [], ["lengthy", "short"], []]
+    settings = _settings(p=0.6, mask_share=0.0)
+    for seed in range(20):
+        old, new = random.Random(seed), random.Random(seed)
+        before = [_match_case(w, old.choice(c)) if c and old.random() < settings.p else w for w, c in zip(words, cands)]
+        assert [_replace(w, c, settings, new, "[MASK]") for w, c in zip(words, cands)] == before
+        assert old.random() == new.random()  # the stream stays in step for the draws after the words
+
+
 def test_augment_token_rows_change_only_o_words_and_swap_mentions(tokenizer):
     data = tiny(task="token", rows=120)
     names = data.label_names
@@ -216,6 +262,8 @@ def test_augment_errors_are_one_line(tokenizer):
         augment(tiny(rows=40), tokenizer, _settings(batch_size=0), tiny_mlm)
     with pytest.raises(DistillError, match="mlm.mlm_probability=0.0 must be in"):
         augment(tiny(rows=40), tokenizer, _settings(mlm=MLMFit(mlm_probability=0.0)), tiny_mlm)
+    with pytest.raises(DistillError, match=re.escape("mask_share=1.5 must be in [0, 1]")):
+        augment(tiny(rows=40), tokenizer, _settings(mask_share=1.5), tiny_mlm)
     with pytest.raises(DistillError, match="delete_span=0.5 deletes words, which a token task's tags could not follow"):
         augment(tiny(rows=40, task="token"), tokenizer, _settings(delete_span=0.5), tiny_mlm)
 

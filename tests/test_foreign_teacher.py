@@ -168,6 +168,8 @@ def _predictions(reference, task) -> np.ndarray:
     (["student=from_teacher"], ["student=from_teacher copies from a BERT teacher of the student's vocabulary",
                                 "student=bert_l4_h128"]),
     (["student=bert_l2_h384"], ["student.init_embeddings copies", "set student.init_embeddings=false"]),
+    (["augment=words", "data.augment.method=neighbours", "data.augment.mask_share=0.5"],
+     ["mask_share=0.5 writes the student's [MASK]", "roberta teacher's tokenizer reads as plain text"]),
 ])
 def test_what_only_a_bert_teacher_can_do_is_one_line(teachers, args, words, tmp_path, capsys, monkeypatch):
     from distill.cli import main

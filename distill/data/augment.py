@@ -10,6 +10,8 @@ of its ``top_k`` candidates —
   * token tasks: only ``O`` words are replaced, and each entity mention is swapped with probability
     ``swap_mentions`` for another mention of its type from the training split (``mentions.py``), so
     tags stay aligned;
+  * optionally, a share ``mask_share`` of the words chosen for replacement become the tokenizer's mask
+    token instead of a candidate (the cheap end: no candidate to find; tags stay aligned);
   * sequence tasks, optionally: one span of 1–3 words deleted with probability ``delete_span``.
 Identical variants, variants equal to their source and variants whose text is in the validation or
 test split are dropped. Variants carry ``gold=0`` (``label: teacher``: the teacher's soft targets
@@ -65,6 +67,7 @@ class Augment:
     method: str = "contextual"  # contextual (masked-LM + embedding neighbours) | neighbours (embeddings only)
     swap_mentions: float = 0.5  # token tasks: per-mention swap probability
     delete_span: float = 0.0  # sequence tasks: per-variant probability of deleting 1-3 words
+    mask_share: float = 0.0  # share of the chosen words that become the mask token instead of a candidate
     label: str = "teacher"  # teacher (soft targets, gold=0) | gold (the source row's label: the control)
     seed: int = 0
     batch_size: int = 64
@@ -82,6 +85,7 @@ class Augment:
             (self.method in ("contextual", "neighbours"), f"method={self.method!r}: use contextual or neighbours"),
             (0 <= self.swap_mentions <= 1, f"swap_mentions={self.swap_mentions} must be in [0, 1]"),
             (0 <= self.delete_span <= 1, f"delete_span={self.delete_span} must be in [0, 1]"),
+            (0 <= self.mask_share <= 1, f"mask_share={self.mask_share} must be in [0, 1]"),
             (self.label in ("teacher", "gold"), f"label={self.label!r}: use teacher or gold"),
             (self.precision in ("auto", "bf16", "no"), f"precision={self.precision!r}: use auto, bf16 or no"),
             (self.batch_size >= 1, f"batch_size={self.batch_size} must be at least 1"),
@@ -131,11 +135,20 @@ def _match_case(original: str, new: str) -> str:
     return new.capitalize() if original[:1].isupper() else new
 
 
+def _replace(word: str, candidates: list[str], settings: Augment, rng: random.Random, mask_token: str | None) -> str:
+    """``word``, or with probability ``p`` one of its candidates (or, for ``mask_share`` of those, the
+    mask token). At ``mask_share`` 0 the draws are the ones made before it existed: the same variants."""
+    if not candidates or rng.random() >= settings.p:
+        return word
+    if settings.mask_share and rng.random() < settings.mask_share:
+        return mask_token
+    return _match_case(word, rng.choice(candidates))
+
+
 def _variant(row: _Row, candidates: list[list[str]], settings: Augment, bank, rng: random.Random,
-             names: frozenset[str] = frozenset()):
+             names: frozenset[str] = frozenset(), mask_token: str | None = None):
     """(words or text, tags or None, share of words changed) of one variant of ``row``."""
-    words = [_match_case(w, rng.choice(c)) if c and rng.random() < settings.p else w
-             for w, c in zip(row.words, candidates)]
+    words = [_replace(w, c, settings, rng, mask_token) for w, c in zip(row.words, candidates)]
     changed = sum(a != b for a, b in zip(words, row.words))
     if row.tags is not None:
         tags = row.tags
@@ -179,6 +192,8 @@ def _fingerprint(data: TaskData, tokenizer, settings: Augment, mlm_key: str, ext
     """Everything the rows depend on; not ``label`` (it only sets ``gold``) nor ``batch_size``; the
     precision as resolved on this machine (bf16 ranks candidates a little differently from fp32)."""
     chosen = {k: v for k, v in asdict(settings).items() if k not in ("label", "batch_size")}
+    if not settings.mask_share:  # added later: at 0 the sets made before it are the same rows, and are reused
+        chosen.pop("mask_share")
     chosen["precision"] = resolve_precision(settings.precision)
     h = hashlib.sha256(json.dumps({"v": VERSION, "settings": chosen, "tokenizer": tokenizer_key(tokenizer),
                                    "mlm": mlm_key, "task": data.task}, sort_keys=True).encode())
@@ -200,7 +215,8 @@ def _held_out(data: TaskData) -> set[str]:
     return keys
 
 
-def _generate(data: TaskData, rows: list[_Row], candidates, settings: Augment) -> tuple[dict, float]:
+def _generate(data: TaskData, rows: list[_Row], candidates, settings: Augment,
+              mask_token: str | None = None) -> tuple[dict, float]:
     """Columns of original + variant rows, and the mean share of words changed per variant."""
     train = data.splits["train"]
     names = data.label_names
@@ -213,7 +229,7 @@ def _generate(data: TaskData, rows: list[_Row], candidates, settings: Augment) -
         rng = random.Random(f"{settings.seed}|{index}|{' '.join(row.words)}")
         seen = {normalise(row.text)}
         for _ in range(settings.n):
-            out, tags, share = _variant(row, cands, settings, bank, rng, frozenset(names))
+            out, tags, share = _variant(row, cands, settings, bank, rng, frozenset(names), mask_token)
             key = normalise(" ".join(out) if tags is not None else out)
             if key in seen or key in held_out or not key:
                 continue
@@ -245,6 +261,9 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     if data.task == "token" and settings.delete_span:
         raise DistillError(f"data.augment.delete_span={settings.delete_span} deletes words, which a token task's "
                            "tags could not follow; set it to 0 for token tasks")
+    if settings.mask_share and tokenizer.mask_token is None:
+        raise DistillError(f"data.augment.mask_share={settings.mask_share}: {type(tokenizer).__name__} has no mask "
+                           "token; set it to 0")
     if "train" not in data.splits or len(data.splits["train"]) == 0:
         raise DistillError("data.augment: the train split is empty")
     if "gold" in data.splits["train"].column_names:
@@ -273,7 +292,7 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
             mlm = masked_lm(mlm, tokenizer, texts, list(held_texts)[:1000], settings.mlm, key=mlm_key)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # the candidates' forwards
             candidates = _candidates(rows, mlm, tokenizer, settings)
-        columns, share = _generate(data, rows, candidates, settings)
+        columns, share = _generate(data, rows, candidates, settings, tokenizer.mask_token)
         train = data.splits["train"]
         features = datasets.Features({**train.features, "gold": datasets.Value("int8")})
         ds = datasets.Dataset.from_dict(columns, features=features, split="train")
