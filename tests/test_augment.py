@@ -177,22 +177,16 @@ def test_mask_share_1_writes_every_chosen_word_as_the_mask_token(tokenizer, task
     train, names = data.splits["train"], data.label_names
     out = augment(data, tokenizer, _settings(mask_share=1.0, swap_mentions=0.0), tiny_mlm).splits["train"]
     n = len(train)
-    if task == "sequence":
-        variants = out["text"][n:]
-        assert variants and all(_masked_or_same(train["text"][i], v) for i, v in _sources(train["text"], variants))
-        ids = tokenizer(variants)["input_ids"]
-        assert all(row.count(tokenizer.mask_token_id) == v.count("[MASK]") > 0 for row, v in zip(ids, variants))
-    else:
-        words = [w for ws in out["tokens"][n:] for w in ws]
-        assert "[MASK]" in words
+    sources = list(train["text"]) if task == "sequence" else [" ".join(w) for w in train["tokens"]]
+    variants = out["text"][n:] if task == "sequence" else [" ".join(w) for w in out["tokens"][n:]]
+    assert variants  # each is a source with some words written as [MASK], nothing else changed
+    assert all(any(_masked_or_same(source, v) for source in sources) for v in variants)
+    ids = tokenizer(variants)["input_ids"]  # the text [MASK] is the tokenizer's mask token
+    assert all(row.count(tokenizer.mask_token_id) == v.count("[MASK]") > 0 for row, v in zip(ids, variants))
+    if task == "token":
         for ws, ts in zip(out["tokens"][n:], out["tags"][n:]):  # tags aligned; only O words are masked
             assert len(ws) == len(ts) and all(names[t] == "O" for w, t in zip(ws, ts) if w == "[MASK]")
     assert set(out["gold"][n:]) == {0}
-
-
-def _sources(texts, variants):
-    """(source index, variant) pairs: the source is the text the variant masks (found by the pattern)."""
-    return [(next(i for i, t in enumerate(texts) if _masked_or_same(t, v)), v) for v in variants]
 
 
 def test_mask_share_0_draws_the_variants_drawn_before_it_existed():

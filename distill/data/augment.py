@@ -159,7 +159,7 @@ def _variant(row: _Row, candidates: list[list[str]], settings: Augment, bank, rn
     it = iter(words)
     out = [s if s.isspace() else next(it) for s in row.segments]
     if settings.delete_span and rng.random() < settings.delete_span:
-        spots = [i for i, s in enumerate(out) if s.isalpha()]
+        spots = [i for i, s in enumerate(out) if s.isalpha() or (mask_token and s == mask_token)]  # words, masked too
         if len(spots) > 3:
             start = rng.randrange(len(spots) - 1)
             for i in spots[start:start + rng.randint(1, 3)]:
