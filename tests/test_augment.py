@@ -278,6 +278,29 @@ def test_either_method_refuses_a_masked_lm_of_another_vocabulary(tokenizer, meth
         augment(tiny(rows=40), tokenizer, _settings(method=method), small_vocab_mlm)
 
 
+def test_a_masked_lm_saved_with_another_vocabulary_of_the_same_size_is_refused(tokenizer, tmp_path):
+    """Same size, two tokens' ids swapped: the size check passes, the saved tokenizer tells them apart."""
+    from transformers import BertTokenizerFast
+
+    tokens = sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get)
+    good, bad = tokens.index("good"), tokens.index("bad")
+    tokens[good], tokens[bad] = "bad", "good"
+    (tmp_path / "vocab.txt").write_text("\n".join(tokens) + "\n")
+    for name, saved in (("same", tokenizer), ("swapped", BertTokenizerFast(str(tmp_path / "vocab.txt")))):
+        saved.save_pretrained(tmp_path / name)
+
+    def saved_in(name):
+        def build():
+            model = tiny_mlm()
+            model.config.name_or_path = str(tmp_path / name)  # as from_pretrained(DIR) sets it
+            return model
+        return build
+
+    assert len(augment(tiny(rows=40), tokenizer, _settings(method="neighbours"), saved_in("same")).splits["train"]) > 40
+    with pytest.raises(DistillError, match="swapped.* gives other ids than the teacher.s to the same tokens"):
+        augment(tiny(rows=40), tokenizer, _settings(method="neighbours"), saved_in("swapped"))
+
+
 def test_mlm_epochs_0_refuses_a_head_the_checkpoint_lacks(tokenizer):
     def headless():  # as hub.from_pretrained marks the packaged MiniLM, which ships no masked-LM head
         model = tiny_mlm()

@@ -31,7 +31,7 @@ from distill.data.corpus import cache_dir
 from distill.data.tokenize import tokenizer_key
 from distill.errors import DistillError
 from distill.models.heads import BertForMaskedLM
-from distill.models.hub import weights_digest
+from distill.models.hub import load_tokenizer, weights_digest
 from distill.outputs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -150,6 +150,14 @@ def headless(model) -> bool:
     return any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", None) or ())
 
 
+def saved_tokenizer(model):
+    """The tokenizer saved in the local dir ``model`` was loaded from, or None (a hub id, a model built in code)."""
+    folder = str(getattr(model.config, "name_or_path", "") or "")
+    if not folder or not any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")):
+        return None
+    return load_tokenizer(folder)
+
+
 def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
     """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size,
     and, when ``fit`` keeps the checkpoint's head (``epochs=0``), one the checkpoint has."""
@@ -158,6 +166,10 @@ def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
     if model.config.vocab_size != len(tokenizer):
         raise DistillError(f"augment.mlm.model has a vocabulary of {model.config.vocab_size} tokens but the teacher's "
                            f"tokenizer {len(tokenizer)}; give a masked-LM with the teacher's vocabulary")
+    own = saved_tokenizer(model)
+    if own is not None and own.get_vocab() != tokenizer.get_vocab():  # same size, other ids: silently wrong words
+        raise DistillError(f"augment.mlm.model's tokenizer ({model.config.name_or_path}) gives other ids than the "
+                           "teacher's to the same tokens; give a masked-LM with the teacher's vocabulary")
     if fit is not None and fit.epochs == 0 and headless(model):
         raise DistillError("mlm.epochs=0 keeps the checkpoint's own masked-LM head, but this checkpoint has none "
                            "(its head would be random); fit one: data.augment.mlm.epochs "
