@@ -151,11 +151,15 @@ def headless(model) -> bool:
 
 
 def saved_tokenizer(model):
-    """The tokenizer saved in the local dir ``model`` was loaded from, or None (a hub id, a model built in code)."""
+    """The tokenizer saved in the dir ``model`` was loaded from (a hub id's download dir too), or None (a model
+    built in code, a dir without tokenizer files)."""
     folder = str(getattr(model.config, "name_or_path", "") or "")
     if not folder or not any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")):
         return None
-    return load_tokenizer(folder)
+    try:
+        return load_tokenizer(folder)
+    except DistillError as e:
+        raise DistillError(f"the masked-LM's own tokenizer: {e}") from None
 
 
 def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
