@@ -93,7 +93,14 @@ def changed_settings(saved: dict, config: dict) -> list[str]:
     added = {k: ADDED_WITH[k.rsplit(".", 1)[-1]] for k in keep if k not in saved and k.rsplit(".", 1)[-1] in ADDED_WITH}
     saved = {**{k: "None" if v is None else v for k, v in added.items()}, **saved}  # as flat_scalars writes them
     return [f"{k}={saved.get(k, missing)} (now {config.get(k, missing)})" for k in keep
-            if json.dumps(saved.get(k, missing), default=str) != json.dumps(config.get(k, missing), default=str)]
+            if not _same(saved.get(k, missing), config.get(k, missing))]
+
+
+def _same(a, b) -> bool:
+    """Equal as saved settings: numbers by value (an untyped node's ``0`` is the ``0.0`` it was), the rest as JSON."""
+    if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
+        return float(a) == float(b)
+    return json.dumps(a, default=str) == json.dumps(b, default=str)
 
 
 def _check_same_run(path: Path, root: str | os.PathLike, config: dict | None) -> None:

@@ -409,6 +409,12 @@ def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.trim_embeddings": False}) == []
     assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.trim_embeddings": True}) == [
         "trainer.trim_embeddings=False (now True)"]
+    # data.augment.mask_share came later too; an untyped node's 0 is the 0.0 it was, a number compared by value
+    assert changed_settings(old, {"trainer.lr": 1e-4, "data.augment.mask_share": 0}) == []
+    assert changed_settings(old, {"trainer.lr": 1e-4, "data.augment.mask_share": 0.5}) == [
+        "data.augment.mask_share=0.0 (now 0.5)"]
+    assert changed_settings({"data.augment.n": 8}, {"data.augment.n": 8.0}) == []
+    assert changed_settings({"trainer.trim_embeddings": False}, {"trainer.trim_embeddings": 0}) != []  # not a number
 
 
 def test_rerun_in_a_run_dir_with_other_settings_is_refused_and_loses_nothing(tmp_path):
