@@ -163,8 +163,9 @@ def saved_tokenizer(model):
 
 
 def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
-    """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size,
-    and, when ``fit`` keeps the checkpoint's head (``epochs=0``), one the checkpoint has."""
+    """``model`` can rank ``tokenizer``'s ids: a masked-LM (task='mlm') whose vocabulary is the tokenizer's size
+    (and, where its dir saved a tokenizer, the same ids), and, when ``fit`` keeps the checkpoint's head
+    (``epochs=0``), one the checkpoint has."""
     if not isinstance(model, BertForMaskedLM):
         raise DistillError(f"augment.mlm.model must build a masked-LM model (task='mlm'), not {type(model).__name__}")
     if model.config.vocab_size != len(tokenizer):
