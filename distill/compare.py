@@ -39,12 +39,9 @@ def own_tokenizer(ref):
     """The tokenizer saved beside a checkpoint dir or ``.onnx`` file (None for a model object)."""
     if isinstance(ref, torch.nn.Module):
         return None
-    folder = Path(ref).parent if Path(ref).suffix == ".onnx" else Path(ref)
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
-        return None
-    from distill.models.hub import load_tokenizer
+    from distill.models.hub import saved_tokenizer
 
-    return load_tokenizer(folder)
+    return saved_tokenizer(Path(ref).parent if Path(ref).suffix == ".onnx" else Path(ref))
 
 
 def latency_inputs(tokenizer, dataset, texts: Sequence[str] | None = None, max_length: int = 128):

@@ -61,18 +61,21 @@ def stage_identity(resolved: dict) -> dict:
         resolved = {**resolved, "teacher": {k: v for k, v in resolved["teacher"].items() if k != "allow_untrained"}}
     augment = (resolved.get("data") or {}).get("augment")
     if isinstance(augment, dict):
-        augment = {k: v for k, v in augment.items() if not (k in ADDED_WITH and v == ADDED_WITH[k])}
-        resolved = {**resolved, "data": {**resolved["data"], "augment": augment}}
+        resolved = {**resolved, "data": {**resolved["data"], "augment": _without_added(augment)}}
     trainer = resolved.get("trainer")
     if trainer is None:
         return resolved
-    trainer = {k: v for k, v in trainer.items()
-               if k not in BOOKKEEPING and not (k in ADDED_WITH and v == ADDED_WITH[k])}
+    trainer = {k: v for k, v in _without_added(trainer).items() if k not in BOOKKEEPING}
     if "mixed_precision" in trainer:
         trainer["mixed_precision"] = launch.effective_precision(trainer["mixed_precision"])
     if trainer.get("grad_accum", 1) is None:
         trainer["grad_accum"] = launch.launcher_grad_accum()
     return {**resolved, "trainer": trainer}
+
+
+def _without_added(node: dict) -> dict:
+    """``node`` less the keys added after stages existed that hold the value those stages computed with."""
+    return {k: v for k, v in node.items() if not (k in ADDED_WITH and v == ADDED_WITH[k])}
 
 
 def default_trainer() -> DictConfig:

@@ -31,7 +31,7 @@ from distill.data.corpus import cache_dir
 from distill.data.tokenize import tokenizer_key
 from distill.errors import DistillError
 from distill.models.heads import BertForMaskedLM
-from distill.models.hub import load_tokenizer, weights_digest
+from distill.models.hub import saved_tokenizer, weights_digest
 from distill.outputs import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -150,14 +150,11 @@ def headless(model) -> bool:
     return any(k.startswith("cls.predictions.") for k in getattr(model, "newly_initialised", None) or ())
 
 
-def saved_tokenizer(model):
+def own_tokenizer(model):
     """The tokenizer saved in the dir ``model`` was loaded from (a hub id's download dir too), or None (a model
     built in code, a dir without tokenizer files)."""
-    folder = str(getattr(model.config, "name_or_path", "") or "")
-    if not folder or not any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")):
-        return None
     try:
-        return load_tokenizer(folder)
+        return saved_tokenizer(str(getattr(model.config, "name_or_path", "") or ""))
     except DistillError as e:
         raise DistillError(f"the masked-LM's own tokenizer: {e}") from None
 
@@ -171,7 +168,7 @@ def check_masked_lm(model, tokenizer, fit: MLMFit | None = None) -> None:
     if model.config.vocab_size != len(tokenizer):
         raise DistillError(f"augment.mlm.model has a vocabulary of {model.config.vocab_size} tokens but the teacher's "
                            f"tokenizer {len(tokenizer)}; give a masked-LM with the teacher's vocabulary")
-    own = saved_tokenizer(model)
+    own = own_tokenizer(model)
     if own is not None and own.get_vocab() != tokenizer.get_vocab():  # same size, other ids: silently wrong words
         raise DistillError(f"augment.mlm.model's tokenizer ({model.config.name_or_path}) gives other ids than the "
                            "teacher's to the same tokens; give a masked-LM with the teacher's vocabulary")

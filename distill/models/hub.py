@@ -235,6 +235,13 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def saved_tokenizer(folder: str | os.PathLike):
+    """The tokenizer saved in ``folder`` (tokenizer.json or vocab.txt there), or None where it holds none."""
+    if not folder or not any(os.path.isfile(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.txt")):
+        return None
+    return load_tokenizer(folder)
+
+
 def load_tokenizer(name_or_path: str | os.PathLike):
     """The checkpoint's own (fast) tokenizer; never runs remote code."""
     path = resolve(name_or_path)
