@@ -160,9 +160,10 @@ def test_the_run_ranks_on_the_training_split():
     ("mr_compact_pruned", ["data.augment.n=2"], 2, 0.0, 2),  # 2 variants instead of 8: tiny
     ("mr_compact_pruned_n20", ["trainer.max_steps=3"], 20, 0.5, 4),  # its own 20 variants, 3 steps
     ("wnut16_compact_pruned_n32", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 4),  # a token task
-    ("mr_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.5, 3)])  # a relation stage first
+    ("mr_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.5, 3),  # a relation stage first
+    ("wnut16_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3)])  # ... on a token task
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
-    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]` and `recipe=wnut16_compact_pruned_n32` (tiny teacher,
+    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]` and `wnut16_compact_pruned_{n32,rel}` (tiny teacher,
     a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned teacher, at
     the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin trains the KD
     stages' steps (the rel recipe's relation stage, 2 epochs, counted)."""
@@ -179,15 +180,15 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
     kd = OmegaConf.load(dirs["distill"] / "stage.yaml")
     assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (n, delete_span, epochs)
-    kd_stages = ["intermediate", "distill"] if recipe == "mr_compact_pruned_rel" else ["distill"]
+    kd_stages = ["intermediate", "distill"] if recipe.endswith("_rel") else ["distill"]
     assert set(kd_stages) <= set(dirs)
-    if recipe == "mr_compact_pruned_rel":  # relations only, two epochs, then the KD stage starts from its student
+    if recipe.endswith("_rel"):  # relations only, two epochs, then the KD stage starts from its student
         inter = OmegaConf.load(dirs["intermediate"] / "stage.yaml")
         assert set(inter.losses) - {"_target_"} == {"relation"} and inter.trainer.epochs == 2
         assert kd.student.name_or_path == str(dirs["intermediate"] / "student")
     kd_steps = sum(json.loads((dirs[name] / "metrics.json").read_text())["steps"] for name in kd_stages)
     assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == kd_steps
-    if recipe == "mr_compact_pruned_rel":
+    if recipe.endswith("_rel"):
         assert kd_steps == 6  # trainer.max_steps=3 in each stage, the twin 3 + 3
     for name in ("distill", "baseline"):
         config = json.loads((dirs[name] / "student" / "config.json").read_text())
