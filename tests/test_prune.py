@@ -166,7 +166,7 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]` and `wnut16_compact_pruned_{n32,rel}` (tiny teacher,
     a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned teacher, at
     the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin trains the KD
-    stages' steps (the rel recipe's relation stage, 2 epochs, counted)."""
+    stages' steps (the rel recipes' relation stage, 2 epochs, counted)."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
