@@ -111,6 +111,10 @@ def train_stages(cfg: DictConfig, baselines: bool = True) -> dict[str, Path]:
         raise DistillError("control=true trains a student on the augmented rows with gold labels, and this run "
                            "augments nothing; turn augmentation on (augment=words, or a recipe such as "
                            "recipe=quickstart) or drop control=true")
+    if cfg.get("control") and cfg.data.get("augment") is not None and cfg.data.augment.get("entity_words"):
+        raise DistillError("control=true trains the augmented rows with their source's tags, and "
+                           "data.augment.entity_words=true replaces words inside entity mentions, whose copied tags "
+                           "would then be guesses; drop one of them")
     if cfg.get("control") and not baselines:
         raise DistillError("control=true trains a no-teacher student beside the KD one; with recipe=auto it needs "
                            "auto.baselines=true")

@@ -246,6 +246,28 @@ def test_token_rows_replace_only_words_tagged_o_whatever_its_label_id(tokenizer)
     assert seen_o - o_words  # with p=1 the O words are replaced
 
 
+def test_entity_words_replaces_words_inside_mentions_too_and_keeps_tags_aligned(tokenizer):
+    """entity_words=true: words inside mentions are replaced as O words are (the teacher tags the variant);
+    off, no entity word changes; its default keeps the cached sets made before it (same fingerprint)."""
+    from distill.data.augment import _fingerprint
+
+    data = tiny(task="token", rows=60)
+    names, train = data.label_names, data.splits["train"]
+    entity_words = {w for ws, ts in zip(train["tokens"], train["tags"]) for w, t in zip(ws, ts) if names[t] != "O"}
+    n = len(train)
+    replaced = {}
+    for flag in (False, True):
+        out = augment(data, tokenizer, _settings(swap_mentions=0.0, p=1.0, entity_words=flag), tiny_mlm).splits["train"]
+        assert all(len(ws) == len(ts) for ws, ts in zip(out["tokens"][n:], out["tags"][n:]))
+        assert set(out["gold"][n:]) == {0}
+        replaced[flag] = {w for ws, ts in zip(out["tokens"][n:], out["tags"][n:])
+                          for w, t in zip(ws, ts) if names[t] != "O"} - entity_words
+    assert not replaced[False] and len(replaced[True]) > 5, replaced
+    assert _fingerprint(data, tokenizer, _settings(), "m", ()) == _fingerprint(
+        data, tokenizer, _settings(entity_words=False), "m", ()) != _fingerprint(
+        data, tokenizer, _settings(entity_words=True), "m", ())
+
+
 def test_augment_errors_are_one_line(tokenizer):
     with pytest.raises(DistillError, match="n=0 must be at least 1"):
         augment(tiny(rows=40), tokenizer, _settings(n=0), tiny_mlm)
@@ -260,6 +282,10 @@ def test_augment_errors_are_one_line(tokenizer):
         augment(tiny(rows=40), tokenizer, _settings(mask_share=1.5), tiny_mlm)
     with pytest.raises(DistillError, match="delete_span=0.5 deletes words, which a token task's tags could not follow"):
         augment(tiny(rows=40, task="token"), tokenizer, _settings(delete_span=0.5), tiny_mlm)
+    with pytest.raises(DistillError, match="entity_words=true is for token tasks"):
+        augment(tiny(rows=40), tokenizer, _settings(entity_words=True), tiny_mlm)
+    with pytest.raises(DistillError, match=re.escape("the control (label: gold) needs entity_words=false")):
+        augment(tiny(rows=40, task="token"), tokenizer, _settings(entity_words=True, label="gold"), tiny_mlm)
 
 
 def small_vocab_mlm():
@@ -364,11 +390,17 @@ def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
     assert run.stderr.strip().splitlines()[-1] == "error: data.augment.p=2.0 must be a probability in [0, 1]"
 
 
-def test_pipeline_control_without_augmentation_stops_before_the_teacher_stage(tmp_path):
-    run = _cli("pipeline", "teacher=tiny", "student=tiny", "data=tiny", "control=true",
+@pytest.mark.parametrize("settings, message, hint", [
+    ((), "error: control=true trains a student on the augmented rows", "or drop control=true"),
+    (("data.source.task=token", *TINY_MLM, "data.augment.entity_words=true"),
+     "error: control=true trains the augmented rows with their source's tags, and data.augment.entity_words=true",
+     "drop one of them"),
+])
+def test_pipeline_control_without_augmentation_stops_before_the_teacher_stage(tmp_path, settings, message, hint):
+    run = _cli("pipeline", "teacher=tiny", "student=tiny", "data=tiny", "control=true", *settings,
                f"stage_root={tmp_path / 'stages'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert run.stderr.strip().splitlines()[-1].startswith("error: control=true trains a student on the augmented rows")
+    assert run.stderr.strip().splitlines()[-1].startswith(message) and run.stderr.strip().endswith(hint)
     assert not (tmp_path / "stages").exists()  # nothing trained
 
 

@@ -183,6 +183,8 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     augment = {"n": 8, "p": 0.4}  # data.augment.mask_share came later too: at 0 the stage is the one before it
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.0}}}) == {"data": {"augment": augment}}
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.3}}}) != {"data": {"augment": augment}}
+    assert stage_identity({"data": {"augment": {**augment, "entity_words": False}}}) == {"data": {"augment": augment}}
+    assert stage_identity({"data": {"augment": {**augment, "entity_words": True}}}) != {"data": {"augment": augment}}
     teacher = {"_target_": "distill.models.hub.from_pretrained", "name_or_path": "t"}
     assert stage_identity({"teacher": {**teacher, "allow_untrained": False}}) == {"teacher": teacher}
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # accelerate launch --mixed_precision bf16

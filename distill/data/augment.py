@@ -9,7 +9,9 @@ of its ``top_k`` candidates —
   * a word of several pieces: its nearest whole words in the teacher's embedding space (``neighbours.py``);
   * token tasks: only ``O`` words are replaced, and each entity mention is swapped with probability
     ``swap_mentions`` for another mention of its type from the training split (``mentions.py``), so
-    tags stay aligned;
+    tags stay aligned; with ``entity_words`` the words inside mentions are replaced too, so the student
+    meets entity-like words the training split never had, with the teacher's tags for them (their
+    carried-over tags become guesses, which only the teacher-labelled setting can afford);
   * optionally, a share ``mask_share`` of the words chosen for replacement become the tokenizer's mask
     token instead of a candidate (the cheap end: no candidate to find; tags stay aligned);
   * sequence tasks, optionally: one span of 1–3 words deleted with probability ``delete_span``.
@@ -68,6 +70,7 @@ class Augment:
     swap_mentions: float = 0.5  # token tasks: per-mention swap probability
     delete_span: float = 0.0  # sequence tasks: per-variant probability of deleting 1-3 words
     mask_share: float = 0.0  # share of the chosen words that become the mask token instead of a candidate
+    entity_words: bool = False  # token tasks: words inside entity mentions are replaced too (label: teacher only)
     label: str = "teacher"  # teacher (soft targets, gold=0) | gold (the source row's label: the control)
     seed: int = 0
     batch_size: int = 64
@@ -99,6 +102,9 @@ class Augment:
         for ok, message in problems:
             if not ok:
                 raise DistillError(f"data.augment.{message}")
+        if self.entity_words and self.label == "gold":
+            raise DistillError("data.augment.entity_words=true replaces words inside entity mentions, whose copied "
+                               "tags would then be guesses: the control (label: gold) needs entity_words=false")
 
 
 @dataclass
@@ -115,11 +121,11 @@ class _Row:
         return " ".join(self.words) if self.segments is None else "".join(self.segments)
 
 
-def _rows(data: TaskData) -> list[_Row]:
+def _rows(data: TaskData, entity_words: bool = False) -> list[_Row]:
     train = data.splits["train"]
     if data.task == "token":
         names = data.label_names
-        return [_Row(list(words), [names[t] == "O" and w.isalpha() for w, t in zip(words, tags)],
+        return [_Row(list(words), [(entity_words or names[t] == "O") and w.isalpha() for w, t in zip(words, tags)],
                      tags=[names[t] for t in tags]) for words, tags in zip(train["tokens"], train["tags"])]
     rows = []
     for text in train["text"]:
@@ -192,8 +198,9 @@ def _fingerprint(data: TaskData, tokenizer, settings: Augment, mlm_key: str, ext
     """Everything the rows depend on; not ``label`` (it only sets ``gold``) nor ``batch_size``; the
     precision as resolved on this machine (bf16 ranks candidates a little differently from fp32)."""
     chosen = {k: v for k, v in asdict(settings).items() if k not in ("label", "batch_size")}
-    if not settings.mask_share:  # added later: at 0 the sets made before it are the same rows, and are reused
-        chosen.pop("mask_share")
+    for added in ("mask_share", "entity_words"):  # added later: at 0 / false the sets made before are the same rows
+        if not chosen[added]:
+            chosen.pop(added)
     chosen["precision"] = resolve_precision(settings.precision)
     h = hashlib.sha256(json.dumps({"v": VERSION, "settings": chosen, "tokenizer": tokenizer_key(tokenizer),
                                    "mlm": mlm_key, "task": data.task}, sort_keys=True).encode())
@@ -261,6 +268,9 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     if data.task == "token" and settings.delete_span:
         raise DistillError(f"data.augment.delete_span={settings.delete_span} deletes words, which a token task's "
                            "tags could not follow; set it to 0 for token tasks")
+    if data.task != "token" and settings.entity_words:
+        raise DistillError("data.augment.entity_words=true is for token tasks (a sequence task's words are all "
+                           "eligible already); set it to false")
     if settings.mask_share and tokenizer.mask_token is None:
         raise DistillError(f"data.augment.mask_share={settings.mask_share}: {type(tokenizer).__name__} has no mask "
                            "token; set it to 0")
@@ -274,7 +284,7 @@ def augment(data: TaskData, tokenizer, settings: Augment, mlm_model: Callable[[]
     # either method reads its word embeddings by the tokenizer's ids; checked before a cached result is reused
     check_masked_lm(mlm, tokenizer, settings.mlm if settings.method == "contextual" else None)
     mlm = mlm.to(device)
-    rows = _rows(data)
+    rows = _rows(data, settings.entity_words)
     texts = [r.text for r in rows] + list(extra_text)
     held = data.splits.get("validation")
     held_texts = [] if held is None else [" ".join(t) for t in held["tokens"]] if data.task == "token" else held["text"]
