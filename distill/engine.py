@@ -45,7 +45,7 @@ from distill.evaluate import (
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.models.ops import packed_while_frozen
-from distill.models.used_rows import used_rows_only
+from distill.models.used_rows import frozen_word_embeddings, used_rows_only
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.schema import TrainerConfig
 from distill.teacher_cache import CACHEABLE, Layers, TeacherCache
@@ -387,9 +387,12 @@ class Checkpoints:
 
 def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
     """The word-embedding rows a step can look up (``UsedRows``): every id in the training rows, and the
-    collator's padding. None (all rows) when ``trainer.trim_embeddings`` is off, or where other ids reach the
-    table: masked-LM (its decoder is the table; masking draws random ids) or a collator of another kind."""
-    if not cfg.trim_embeddings or task == "mlm" or type(loader.collate_fn) is not Collator:
+    collator's padding. None (all rows) when ``trainer.trim_embeddings`` is off or the table is frozen
+    (``trainer.freeze_word_embeddings``: nothing to train), or where other ids reach the table: masked-LM (its
+    decoder is the table; masking draws random ids) or a collator of another kind."""
+    if not cfg.trim_embeddings or cfg.freeze_word_embeddings or task == "mlm":
+        return None
+    if type(loader.collate_fn) is not Collator:
         return None
     dataset = loader.dataset
     if isinstance(dataset, datasets.Dataset):  # its arrow column (unselected rows too: a superset is as exact)
@@ -558,7 +561,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
     # the frozen teacher's linears stay packed for oneDNN for the run (ops.packed_while_frozen says why only here)
-    with used_rows_only(student, trained_rows(cfg, train_loader, task)), packed_while_frozen(teacher):
+    with frozen_word_embeddings(student, cfg.freeze_word_embeddings), packed_while_frozen(teacher), \
+            used_rows_only(student, trained_rows(cfg, train_loader, task)):
         loop, state = run_loop(cfg, accelerator, student, loss, train_loader, eval_loader, out, task, label_names,
                                teacher, cache_key, run_config)
     return finish(loop, state, student, out, final_metrics)

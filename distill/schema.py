@@ -29,6 +29,9 @@ class TrainerConfig:
     # train only the word-embedding rows the training rows use (the rest take AdamW's decay in closed form):
     # the same weights within float rounding, fewer rows to update each step (distill.models.used_rows)
     trim_embeddings: bool = True
+    # the student's word embeddings keep their starting values (e.g. cut from the teacher): the layers learn on the
+    # rows as every word has them, an unseen word's row included, not on rows only the training words moved
+    freeze_word_embeddings: bool = False
     # no | bf16 | fp16 | auto (bf16 where this machine runs it natively, else no); None: the launcher's
     mixed_precision: str | None = None
     seed: int = 0

@@ -180,6 +180,8 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     # a key added later with a None default keeps older stage dirs reusable; set, it is another stage
     assert plain == identity(mixed_precision=None, grad_accum=None, metric_for_best=None)
     assert plain != identity(mixed_precision=None, grad_accum=None, metric_for_best="macro_f1")
+    assert plain == identity(mixed_precision=None, grad_accum=None, freeze_word_embeddings=False)
+    assert plain != identity(mixed_precision=None, grad_accum=None, freeze_word_embeddings=True)
     augment = {"n": 8, "p": 0.4}  # data.augment.mask_share came later too: at 0 the stage is the one before it
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.0}}}) == {"data": {"augment": augment}}
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.3}}}) != {"data": {"augment": augment}}
@@ -413,6 +415,9 @@ def test_a_checkpoint_saved_before_a_new_trainer_key_still_resumes():
         "trainer.trim_embeddings=False (now True)"]
     # data.augment.mask_share came later too; an untyped node's 0 is the 0.0 it was, a number compared by value
     assert changed_settings(old, {"trainer.lr": 1e-4, "data.augment.mask_share": 0}) == []
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.freeze_word_embeddings": False}) == []  # later too
+    assert changed_settings(old, {"trainer.lr": 1e-4, "trainer.freeze_word_embeddings": True}) == [
+        "trainer.freeze_word_embeddings=False (now True)"]
     assert changed_settings(old, {"trainer.lr": 1e-4, "data.augment.mask_share": 0.5}) == [
         "data.augment.mask_share=0.0 (now 0.5)"]
     assert changed_settings({"data.augment.n": 8}, {"data.augment.n": 8.0}) == []

@@ -94,3 +94,29 @@ def test_a_table_that_renormalises_rows_trains_every_row():
     student.bert.embeddings.word_embeddings.max_norm = 1.0
     with used_rows_only(student, torch.tensor([0, 1, 7])):
         assert type(student.bert.embeddings.word_embeddings) is nn.Embedding
+
+
+def test_frozen_word_embeddings_keep_their_start_while_the_rest_trains(tmp_path):
+    """trainer.freeze_word_embeddings: the table comes out bit-identical (no step, no decay), every other matrix
+    moves, requires_grad is back afterwards; a student without a BERT table is one line."""
+    import pytest
+
+    from distill.errors import DistillError
+    from distill.models.used_rows import frozen_word_embeddings
+
+    teacher, student = H.models()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    train_loader, val_loader = H.loaders()
+    cfg = H.config(weight_decay=0.01, freeze_word_embeddings=True)
+    assert trained_rows(cfg, train_loader, "sequence") is None  # nothing of the table trains: no UsedRows
+    train(cfg, student, H.KDTestLoss(), train_loader, val_loader, str(tmp_path / "run"), "sequence", teacher=teacher)
+    after = student.state_dict()
+    table = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(after[table], before[table])
+    moved = [k for k in after if k != table and after[k].ndim == 2 and not torch.equal(after[k], before[k])]
+    assert len(moved) == sum(1 for k in after if k != table and after[k].ndim == 2)
+    assert student.bert.embeddings.word_embeddings.weight.requires_grad
+    message = "freeze_word_embeddings=true needs a student with a BERT word-embedding"
+    refused = pytest.raises(DistillError, match=message)
+    with refused, frozen_word_embeddings(nn.Linear(2, 2), True):
+        pass

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from distill.errors import DistillError
+
 log = logging.getLogger(__name__)
 
 
@@ -89,6 +91,25 @@ def used_rows_only(model: nn.Module, ids: Tensor | None):
             restore()
         raise
     restore()
+
+
+@contextmanager
+def frozen_word_embeddings(model: nn.Module, on: bool):
+    """Within the block (``on``), ``model``'s word-embedding table takes no gradient, so AdamW neither steps nor
+    decays it (a masked-LM's tied decoder with it); its ``requires_grad`` is back afterwards."""
+    if not on:
+        yield
+        return
+    table = getattr(getattr(getattr(model, "bert", model), "embeddings", None), "word_embeddings", None)
+    if not isinstance(table, nn.Embedding):
+        raise DistillError("trainer.freeze_word_embeddings=true needs a student with a BERT word-embedding table; "
+                           "set it to false for this student")
+    was = table.weight.requires_grad
+    table.weight.requires_grad_(False)
+    try:
+        yield
+    finally:
+        table.weight.requires_grad_(was)
 
 
 def plain_table(module) -> bool:
