@@ -561,8 +561,8 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
     # the frozen teacher's linears stay packed for oneDNN for the run (ops.packed_while_frozen says why only here)
-    with frozen_word_embeddings(student, cfg.freeze_word_embeddings), packed_while_frozen(teacher), \
-            used_rows_only(student, trained_rows(cfg, train_loader, task)):
+    with frozen_word_embeddings(student, cfg.freeze_word_embeddings), \
+            used_rows_only(student, trained_rows(cfg, train_loader, task)), packed_while_frozen(teacher):
         loop, state = run_loop(cfg, accelerator, student, loss, train_loader, eval_loader, out, task, label_names,
                                teacher, cache_key, run_config)
     return finish(loop, state, student, out, final_metrics)
