@@ -396,7 +396,7 @@ def test_bad_augment_setting_is_one_line_from_the_cli(tmp_path):
      "error: control=true trains the augmented rows with their source's tags, and data.augment.entity_words=true",
      "drop one of them"),
 ])
-def test_pipeline_control_without_augmentation_stops_before_the_teacher_stage(tmp_path, settings, message, hint):
+def test_pipeline_control_it_cannot_train_stops_before_the_teacher_stage(tmp_path, settings, message, hint):
     run = _cli("pipeline", "teacher=tiny", "student=tiny", "data=tiny", "control=true", *settings,
                f"stage_root={tmp_path / 'stages'}", f"hydra.run.dir={tmp_path / 'run'}")
     assert run.returncode == 1 and "Traceback" not in run.stderr

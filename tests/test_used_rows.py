@@ -2,12 +2,14 @@
 
 import logging
 
+import pytest
 import torch
 from torch import nn
 
 from distill.engine import train, trained_rows
+from distill.errors import DistillError
 from distill.models.hub import save_pretrained
-from distill.models.used_rows import UsedRows, used_rows_only
+from distill.models.used_rows import UsedRows, frozen_word_embeddings, used_rows_only
 from tests import engine_helpers as H
 
 
@@ -99,11 +101,6 @@ def test_a_table_that_renormalises_rows_trains_every_row():
 def test_frozen_word_embeddings_keep_their_start_while_the_rest_trains(tmp_path):
     """trainer.freeze_word_embeddings: the table comes out bit-identical (no step, no decay), every other matrix
     moves, requires_grad is back afterwards; a student without a BERT table is one line."""
-    import pytest
-
-    from distill.errors import DistillError
-    from distill.models.used_rows import frozen_word_embeddings
-
     teacher, student = H.models()
     before = {k: v.clone() for k, v in student.state_dict().items()}
     train_loader, val_loader = H.loaders()
