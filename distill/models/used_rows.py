@@ -64,12 +64,17 @@ class UsedRows(nn.Module):
             return full
 
 
+def _embeddings(model: nn.Module) -> nn.Module | None:
+    """A BERT model's (or bare encoder's) embeddings block, where its word-embedding table lives; None for others."""
+    return getattr(getattr(model, "bert", model), "embeddings", None)
+
+
 @contextmanager
 def used_rows_only(model: nn.Module, ids: Tensor | None):
     """Within the block, ``model``'s word embeddings train only the rows ``ids`` (None: all rows, unchanged);
     on leaving it, the full table is back, holding what training the full table would have given. A model
     without a plain ``nn.Embedding`` table (another architecture) trains as it is."""
-    embeddings = getattr(getattr(model, "bert", model), "embeddings", None)
+    embeddings = _embeddings(model)
     original = getattr(embeddings, "word_embeddings", None)
     if ids is None or not plain_table(original) or (ids.numel() and int(ids.max()) >= original.num_embeddings):
         yield  # (an id past the table fails the lookup as it would without this)
@@ -100,7 +105,7 @@ def frozen_word_embeddings(model: nn.Module, on: bool):
     if not on:
         yield
         return
-    table = getattr(getattr(getattr(model, "bert", model), "embeddings", None), "word_embeddings", None)
+    table = getattr(_embeddings(model), "word_embeddings", None)
     if not isinstance(table, nn.Embedding):
         raise DistillError("trainer.freeze_word_embeddings=true needs a student with a BERT word-embedding table; "
                            "set it to false for this student")
