@@ -24,9 +24,10 @@ import torch
 
 from distill import evaluate as ev
 from distill import plots
+from distill.data.mentions import mention_texts
 from distill.errors import DistillError
 from distill.export_formats import CHECK_ROWS
-from distill.preflight import ModelRef, check_labels, eval_split, load, preflight_from_predictions
+from distill.preflight import ModelRef, check_labels, eval_split, load, preflight_from_predictions, split_name
 from distill.report import notes, render_markdown
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
     if onnx_teacher:  # listed right after the teacher
         models = {teacher: models[teacher], **onnx_teacher, **{n: r for n, r in models.items() if n != teacher}}
 
+    novelty = _mention_novelty(data, measure.split) if task == "token" else None
     results, preds, preflight = {}, {}, None
     for name, ref in models.items():
         forward, info, model = load(ref, task, measure.threads)
@@ -170,6 +172,8 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         preds[name] = ev.predict(forward, inputs[0], task, measure.batch_size)
         results[name] = {**info, **size_and_params(model, info),
                          **_scores(forward, preds[name], inputs, label_names, measure)}
+        if novelty is not None:
+            results[name]["mentions"] = ev.mentions_by_novelty(preds[name], label_names, *novelty)
         if name == teacher:
             if model is None:
                 raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
@@ -199,6 +203,20 @@ def _scores(forward, pred, inputs, label_names, measure: Measure) -> dict:
     _, singles, big = inputs
     return {"metrics": {k: {"value": v, "ci95": list(ci[k])} for k, v in scores.items()},
             "latency": ev.measure_latency(forward, singles, big, measure.threads, measure.warmup, measure.repeats)}
+
+
+def _mention_novelty(data, split: str | None) -> tuple[list[list[str]], set[tuple[str, ...]]] | None:
+    """A token task's evaluated words and the training split's mention texts, for recall on the mentions
+    training had vs those it never had (where a tagger student usually loses); None without a training
+    split to look them up in (an already tokenized split, or the training split itself evaluated)."""
+    if not hasattr(data, "splits") or "train" not in data.splits:
+        return None
+    name = split_name(data, split)
+    if name == "train":
+        return None
+    train = data.splits["train"]
+    seen = mention_texts([(w, [data.label_names[t] for t in tags]) for w, tags in zip(train["tokens"], train["tags"])])
+    return list(data.splits[name]["tokens"]), seen
 
 
 def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_texts, measure: Measure):

@@ -23,13 +23,19 @@ log = logging.getLogger(__name__)
 ModelRef = BertPreTrainedModel | str | os.PathLike
 
 
+def split_name(data, split: str | None = None) -> str:
+    """The split a TaskData is evaluated on: ``split``, else test if it has one, else validation."""
+    name = split or next((s for s in ("test", "validation") if s in data.splits), None)
+    if name not in data.splits:
+        raise DistillError(f"the data has no {split or 'test/validation'} split; pick one of {list(data.splits)}")
+    return name
+
+
 def eval_split(data, tokenizer=None, split: str | None = None, max_length: int = 128):
     """TaskData or an already tokenized split → (tokenized split, label_names | None, task | None)."""
     if not hasattr(data, "splits"):
         return data, None, None
-    name = split or next((s for s in ("test", "validation") if s in data.splits), None)
-    if name not in data.splits:
-        raise DistillError(f"the data has no {split or 'test/validation'} split; pick one of {list(data.splits)}")
+    name = split_name(data, split)
     if tokenizer is None:
         raise DistillError("raw TaskData needs a tokenizer; pass tokenizer= (e.g. load_tokenizer(teacher_dir))")
     from datasets import DatasetDict

@@ -34,6 +34,7 @@ def notes(report: dict) -> list[str]:
                 lines.append(f"{name} vs {other}: paired bootstrap over {boot['unit']}s ({boot['n_boot']} "
                              f"resamples): {100 * boot['diff']:+.1f} points of {key} (95% CI {lo:+.1f} to {hi:+.1f}), "
                              f"p = {boot['p_value']:.3g}.")
+    lines += [_novelty(name, r["mentions"]) for name, r in models.items() if r.get("mentions")]
     runtimes = " and ".join(sorted({r["runtime"] for r in models.values()}))
     lines.append(f"Latency: CPU, {runtimes}, {s['threads']} thread(s), same process and setting for every model; "
                  f"batch 1 p50/p90 over {s['repeats']} calls after {s['warmup']} warm-up calls; rows/s at batch 32.")
@@ -42,6 +43,17 @@ def notes(report: dict) -> list[str]:
                      f"{report['teacher_onnx'][0]} (exported and optimized as `distill export` writes it) for every "
                      "ONNX row, fp32 and int8 alike.")
     return lines
+
+
+def _novelty(name: str, mentions: dict) -> str:
+    """One model's recall and precision on the mentions training had and on those it never had."""
+    def part(side: str) -> str:
+        c = mentions[side]
+        rate = lambda x: "–" if x is None else f"{x:.2f}"  # noqa: E731
+        return (f"{side} {rate(c['recall'])} recall ({c['found']} of {c['gold']}), {rate(c['precision'])} precision "
+                f"({c['predicted']} predicted)")
+    return (f"{name}, mentions by whether their text is a training-split mention: {part('seen')}; "
+            f"{part('unseen')}.")
 
 
 def _runtime(r: dict) -> str:

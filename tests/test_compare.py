@@ -157,6 +157,48 @@ def test_compare_token_task_reports_entity_f1_and_warning(tmp_path):
     assert report["settings"]["n_units"] == sum(len(w) for w in words)
     assert report["preflight"]["near_chance"]
     assert "TEACHER NEAR CHANCE" in (tmp_path / "report.md").read_text()
+    assert "mentions" not in s  # tokenized rows: no training split to call a mention seen in
+
+
+def test_mentions_by_novelty_counts_exact_matches_on_either_side_golden():
+    """Row 1 has no words (a gap in ``group``); "Ann" is seen as "ann"; "Paris" tagged PER is a wrong guess."""
+    words = [["Ann", "met", "Bob", "Smith"], [], ["in", "Paris", "with", "Zed"]]
+    gold = [["B-PER", "O", "B-PER", "I-PER"], ["O", "B-LOC", "O", "B-PER"]]
+    guess = [["B-PER", "B-LOC", "B-PER", "O"], ["O", "B-PER", "O", "B-PER"]]
+    flat = lambda rows: np.array([TAGS.index(t) for row in rows for t in row])  # noqa: E731
+    pred = ev.Predictions("token", flat(gold), flat(guess), np.array([0, 0, 0, 0, 2, 2, 2, 2]))
+    got = ev.mentions_by_novelty(pred, TAGS, words, {("ann",), ("paris",)})
+    assert got == {"seen": {"gold": 2, "found": 1, "predicted": 2, "recall": 0.5, "precision": 0.5},
+                   "unseen": {"gold": 2, "found": 1, "predicted": 3, "recall": 0.5, "precision": 1 / 3}}
+    from seqeval.metrics import precision_score, recall_score
+
+    assert recall_score(gold, guess) == (1 + 1) / (2 + 2) and precision_score(gold, guess) == (1 + 1) / (2 + 3)
+
+
+def test_compare_token_task_splits_mentions_by_whether_training_had_them(tmp_path):
+    """TaskData with a training split: each model's seen + unseen counts add up to seqeval's entity F1."""
+    import datasets
+
+    from distill.data.corpus import TaskData
+    from distill.data.mentions import spans
+
+    tok, words = tiny_tokenizer(), sentences(40, seed=4)
+    rng = np.random.default_rng(2)
+    tags = [[int(t) for t in rng.integers(0, len(TAGS), len(s))] for s in words]
+    split = lambda a, b: datasets.Dataset.from_dict({"tokens": words[a:b], "tags": tags[a:b]})  # noqa: E731
+    data = TaskData(datasets.DatasetDict({"train": split(0, 30), "test": split(20, 40)}), TAGS, "token")
+    models = {"teacher": tiny_model("token", labels=TAGS, seed=0), "student": tiny_model("token", labels=TAGS, seed=1)}
+    report = compare(models, tok, data, out_dir=tmp_path, measure=replace(FAST, max_length=64))
+    overlap = sum(len(spans([TAGS[t] for t in row])) for row in tags[20:30])  # test rows training also had
+    for r in report["models"].values():
+        seen, unseen = r["mentions"]["seen"], r["mentions"]["unseen"]
+        assert seen["gold"] >= overlap > 0
+        assert seen["gold"] + unseen["gold"] == sum(len(spans([TAGS[t] for t in row])) for row in tags[20:40])
+        found, gold = seen["found"] + unseen["found"], seen["gold"] + unseen["gold"]
+        f1 = 2 * found / (gold + seen["predicted"] + unseen["predicted"])  # 2PR / (P + R) in counts
+        assert r["metrics"]["entity_f1"]["value"] == pytest.approx(f1)
+    assert "student, mentions by whether their text is a training-split mention: seen" in (
+        tmp_path / "report.md").read_text()
 
 
 def test_training_curves_from_jsonl(tmp_path):

@@ -55,3 +55,9 @@ def swap(words: list[str], tags: list[str], bank: dict[str, list[tuple[str, ...]
         out_tags += list(mention_tags)
         last = end
     return out_words + words[last:], out_tags + tags[last:], swapped
+
+
+def mention_texts(rows: list[tuple[list[str], list[str]]]) -> set[tuple[str, ...]]:
+    """The lower-cased words of every mention (any type) in (words, tag names) rows: a test mention
+    found here was *seen* in training."""
+    return {tuple(w.lower() for w in words[start:end]) for words, tags in rows for start, end, _ in spans(tags)}
