@@ -20,11 +20,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from distill import evaluate as ev
 from distill import plots
-from distill.data.mentions import mention_texts
+from distill.data.mentions import mention_texts, spans
 from distill.errors import DistillError
 from distill.export_formats import CHECK_ROWS
 from distill.preflight import ModelRef, check_labels, eval_split, load, preflight_from_predictions, split_name
@@ -173,7 +174,7 @@ def compare(models: Mapping[str, ModelRef], tokenizer, data, task: str | None = 
         results[name] = {**info, **size_and_params(model, info),
                          **_scores(forward, preds[name], inputs, label_names, measure)}
         if novelty is not None:
-            results[name]["mentions"] = ev.mentions_by_novelty(preds[name], label_names, *novelty)
+            results[name]["mentions"] = mentions_by_novelty(preds[name], label_names, *novelty)
         if name == teacher:
             if model is None:
                 raise DistillError("the teacher must be a PyTorch model or checkpoint dir, not an ONNX file")
@@ -217,6 +218,32 @@ def _mention_novelty(data, split: str | None) -> tuple[list[list[str]], set[tupl
     train = data.splits["train"]
     seen = mention_texts([(w, [data.label_names[t] for t in tags]) for w, tags in zip(train["tokens"], train["tags"])])
     return list(data.splits[name]["tokens"]), seen
+
+
+def mentions_by_novelty(pred: ev.Predictions, label_names: Sequence[str], words: Sequence[Sequence[str]],
+                        seen: set[tuple[str, ...]]) -> dict[str, dict]:
+    """Token task: entity recall and precision on the mentions seen in training (their lower-cased words are
+    in ``seen``, e.g. ``data.mentions.mention_texts`` of the training split) and on the unseen rest; a gold
+    mention counts as found when type and span match exactly, as entity F1 counts it.
+
+    ``words``: the evaluated split's word lists, indexed by ``pred.group`` (a truncated row's tags cover a
+    prefix of its words). → {"seen" | "unseen": {gold, found, recall, predicted, precision}}, with
+    recall / precision None where nothing was there to count.
+    """
+    counts = {side: dict.fromkeys(("gold", "found", "predicted"), 0) for side in ("seen", "unseen")}
+    rows = pred.group[np.r_[0, np.flatnonzero(np.diff(pred.group)) + 1]] if len(pred.group) else []
+    for row, gold_tags, pred_tags in zip(rows, *pred.sentences(label_names)):
+        text = [w.lower() for w in words[row]]
+        gold, guess = set(spans(gold_tags)), set(spans(pred_tags))
+        for mention in gold | guess:
+            c = counts["seen" if tuple(text[mention[0]:mention[1]]) in seen else "unseen"]
+            c["gold"] += mention in gold
+            c["predicted"] += mention in guess
+            c["found"] += mention in gold and mention in guess
+    for c in counts.values():
+        c["recall"] = c["found"] / c["gold"] if c["gold"] else None
+        c["precision"] = c["found"] / c["predicted"] if c["predicted"] else None  # a right guess is a found mention
+    return counts
 
 
 def _inputs_for(name, ref, model, data, tokenizer, shared, label_names, latency_texts, measure: Measure):

@@ -225,34 +225,6 @@ def metrics(pred: Predictions, label_names: Sequence[str]) -> dict[str, float]:
             "macro_f1": float(f1_score(pred.y_true, pred.y_pred, average="macro", zero_division=0))}
 
 
-def mentions_by_novelty(pred: Predictions, label_names: Sequence[str], words: Sequence[Sequence[str]],
-                        seen: set[tuple[str, ...]]) -> dict[str, dict]:
-    """Token task: entity recall and precision on the mentions seen in training (their lower-cased words are
-    in ``seen``, e.g. ``data.mentions.mention_texts`` of the training split) and on the unseen rest; a gold
-    mention counts as found when type and span match exactly, as entity F1 counts it.
-
-    ``words``: the evaluated split's word lists, indexed by ``pred.group`` (a truncated row's tags cover a
-    prefix of its words). → {"seen" | "unseen": {gold, found, recall, predicted, precision}}, with
-    recall / precision None where nothing was there to count.
-    """
-    from distill.data.mentions import spans  # distill.data imports datasets (~1.7 s): only where it counts
-
-    counts = {side: dict.fromkeys(("gold", "found", "predicted"), 0) for side in ("seen", "unseen")}
-    rows = pred.group[np.r_[0, np.flatnonzero(np.diff(pred.group)) + 1]] if len(pred.group) else []
-    for row, gold_tags, pred_tags in zip(rows, *pred.sentences(label_names)):
-        text = [w.lower() for w in words[row]]
-        gold, guess = set(spans(gold_tags)), set(spans(pred_tags))
-        for mention in gold | guess:
-            c = counts["seen" if tuple(text[mention[0]:mention[1]]) in seen else "unseen"]
-            c["gold"] += mention in gold
-            c["predicted"] += mention in guess
-            c["found"] += mention in gold and mention in guess
-    for c in counts.values():
-        c["recall"] = c["found"] / c["gold"] if c["gold"] else None
-        c["precision"] = c["found"] / c["predicted"] if c["predicted"] else None  # a right guess is a found mention
-    return counts
-
-
 def _group_stats(pred: Predictions, label_names: Sequence[str]) -> np.ndarray:
     """Per bootstrap unit, the counts every metric is a function of: (G, S)."""
     if pred.task == "token":

@@ -14,7 +14,7 @@ from seqeval.metrics import f1_score as seqeval_f1
 from sklearn.metrics import accuracy_score, f1_score
 
 from distill import evaluate as ev
-from distill.compare import Measure, compare
+from distill.compare import Measure, compare, mentions_by_novelty
 from distill.errors import DistillError
 from distill.plots import training_curves
 from distill.preflight import check_labels, teacher_preflight
@@ -167,7 +167,7 @@ def test_mentions_by_novelty_counts_exact_matches_on_either_side_golden():
     guess = [["B-PER", "B-LOC", "B-PER", "O"], ["O", "B-PER", "O", "B-PER"]]
     flat = lambda rows: np.array([TAGS.index(t) for row in rows for t in row])  # noqa: E731
     pred = ev.Predictions("token", flat(gold), flat(guess), np.array([0, 0, 0, 0, 2, 2, 2, 2]))
-    got = ev.mentions_by_novelty(pred, TAGS, words, {("ann",), ("paris",)})
+    got = mentions_by_novelty(pred, TAGS, words, {("ann",), ("paris",)})
     assert got == {"seen": {"gold": 2, "found": 1, "predicted": 2, "recall": 0.5, "precision": 0.5},
                    "unseen": {"gold": 2, "found": 1, "predicted": 3, "recall": 0.5, "precision": 1 / 3}}
     from seqeval.metrics import precision_score, recall_score
