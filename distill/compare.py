@@ -231,7 +231,7 @@ def mentions_by_novelty(pred: ev.Predictions, label_names: Sequence[str], words:
     recall / precision None where nothing was there to count.
     """
     counts = {side: dict.fromkeys(("gold", "found", "predicted"), 0) for side in ("seen", "unseen")}
-    rows = pred.group[np.r_[0, np.flatnonzero(np.diff(pred.group)) + 1]] if len(pred.group) else []
+    rows = np.unique(pred.group)  # ascending, as predict numbers them: one per sentence of pred.sentences
     for row, gold_tags, pred_tags in zip(rows, *pred.sentences(label_names)):
         text = [w.lower() for w in words[row]]
         gold, guess = set(spans(gold_tags)), set(spans(pred_tags))
