@@ -35,7 +35,7 @@ PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control"
 # absent from an older checkpoint or stage key means that value, so those runs still resume (with it) and their
 # stage dirs are reused
 ADDED_WITH = {"metric_for_best": None, "trim_embeddings": False, "mask_share": 0.0, "entity_words": False,
-              "freeze_word_embeddings": False}
+              "freeze_word_embeddings": False, "project_word_embeddings": False}
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:

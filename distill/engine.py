@@ -45,6 +45,7 @@ from distill.evaluate import (
 from distill.interrupt import StopRequest
 from distill.launch import cpu_only, resolve_precision
 from distill.models.ops import packed_while_frozen
+from distill.models.projected_table import projected_word_embeddings
 from distill.models.used_rows import frozen_word_embeddings, used_rows_only
 from distill.outputs import IGNORE_INDEX, ModelOutputs
 from distill.schema import TrainerConfig
@@ -388,9 +389,10 @@ class Checkpoints:
 def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
     """The word-embedding rows a step can look up (``UsedRows``): every id in the training rows, and the
     collator's padding. None (all rows) when ``trainer.trim_embeddings`` is off or the table is frozen
-    (``trainer.freeze_word_embeddings``: nothing to train), or where other ids reach the table: masked-LM (its
-    decoder is the table; masking draws random ids) or a collator of another kind."""
-    if not cfg.trim_embeddings or cfg.freeze_word_embeddings or task == "mlm":
+    (``trainer.freeze_word_embeddings``: nothing to train; ``project_word_embeddings``: every row moves), or where
+    other ids reach the table: masked-LM (its decoder is the table; masking draws random ids) or a collator of
+    another kind."""
+    if not cfg.trim_embeddings or cfg.freeze_word_embeddings or cfg.project_word_embeddings or task == "mlm":
         return None
     if type(loader.collate_fn) is not Collator:
         return None
@@ -548,11 +550,13 @@ class TrainResult:
 
 def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader, eval_loader, out_dir: str,
           task: str, label_names=(), teacher: nn.Module | None = None, cache_key: str | None = None,
-          run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None) -> TrainResult:
+          run_config: dict | None = None, final_metrics: Callable[[nn.Module], dict] | None = None,
+          embedding_source: torch.Tensor | None = None) -> TrainResult:
     """Train ``student`` on ``loss`` (distillation when ``teacher`` is given).
 
     ``final_metrics(student)`` (main process only), called on the kept weights at the end: its flat
-    scalars go to the trackers under ``test/`` and the dict into the result as ``final``."""
+    scalars go to the trackers under ``test/`` and the dict into the result as ``final``.
+    ``embedding_source`` (V, H_t): the table ``trainer.project_word_embeddings`` projects (the teacher's)."""
     out = Path(out_dir)
     for folder in (out, out / "checkpoints") if (out / "checkpoints").is_dir() else (out,):  # before any step
         check_writable(folder, "make it writable, or train in another run dir")
@@ -560,8 +564,12 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
+    if cfg.project_word_embeddings and embedding_source is None:
+        raise DistillError("trainer.project_word_embeddings=true projects the teacher's word embeddings, and this run "
+                           "has no BERT teacher; add teacher=... or set it to false")
     # the frozen teacher's linears stay packed for oneDNN for the run (ops.packed_while_frozen says why only here)
     with frozen_word_embeddings(student, cfg.freeze_word_embeddings), \
+            projected_word_embeddings(student, embedding_source if cfg.project_word_embeddings else None), \
             used_rows_only(student, trained_rows(cfg, train_loader, task)), packed_while_frozen(teacher):
         loop, state = run_loop(cfg, accelerator, student, loss, train_loader, eval_loader, out, task, label_names,
                                teacher, cache_key, run_config)

@@ -31,6 +31,7 @@ from distill.evaluate import metrics as task_metrics
 from distill.model_card import write_student_card
 from distill.models.foreign import is_foreign, teacher_tokenizer
 from distill.models.hub import load_tokenizer, save_pretrained
+from distill.models.projected_table import word_table
 from distill.models.student import count_parameters
 from distill.teacher_cache import CACHEABLE
 
@@ -295,7 +296,8 @@ def run_training(cfg: DictConfig, out_dir: str | Path) -> dict:
     task = "mlm" if cfg.data.get("mlm") else data.task
     result = train(tcfg, student, loss, train_loader, eval_loader, str(out), task, data.label_names,
                    teacher=engine_teacher, cache_key=cache_key, run_config=OmegaConf.to_container(cfg, resolve=True),
-                   final_metrics=final_metrics(cfg, data, tokenized, teacher, eval_loader))
+                   final_metrics=final_metrics(cfg, data, tokenized, teacher, eval_loader),
+                   embedding_source=word_table(teacher) if tcfg.project_word_embeddings else None)
     if not launch.state().is_main_process:  # every process trained; one writes the results
         return {}
     summary = write_results(out, result, teacher, tokenizer)

@@ -32,6 +32,10 @@ class TrainerConfig:
     # the student's word embeddings keep their starting values (e.g. cut from the teacher): the layers learn on the
     # rows as every word has them, an unseen word's row included, not on rows only the training words moved
     freeze_word_embeddings: bool = False
+    # the student's word embeddings are the teacher's table, frozen, times a trained (H_t, H_s) projection started
+    # where the student's table is: every row moves with the layers, through all the teacher knows of its word
+    # (distill.models.projected_table); folded back into a plain table after training
+    project_word_embeddings: bool = False
     # no | bf16 | fp16 | auto (bf16 where this machine runs it natively, else no); None: the launcher's
     mixed_precision: str | None = None
     seed: int = 0
@@ -80,6 +84,9 @@ class TrainerConfig:
              f"trainer.mixed_precision={self.mixed_precision!r}: use no, bf16, fp16, auto or null (the launcher's)"),
             (self.scheduler in {t.value for t in SchedulerType},
              f"trainer.scheduler={self.scheduler!r}: use one of {', '.join(t.value for t in SchedulerType)}"),
+            (not (self.freeze_word_embeddings and self.project_word_embeddings),
+             "trainer.freeze_word_embeddings and trainer.project_word_embeddings are both true: set one (projecting "
+             "keeps the teacher's table frozen and trains a projection of it)"),
             (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
              f"trainer.max_nonfinite={self.max_nonfinite!r} must be a positive integer"),
         ]

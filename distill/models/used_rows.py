@@ -64,7 +64,7 @@ class UsedRows(nn.Module):
             return full
 
 
-def _embeddings(model: nn.Module) -> nn.Module | None:
+def embeddings_block(model: nn.Module) -> nn.Module | None:
     """A BERT model's (or bare encoder's) embeddings block, where its word-embedding table lives; None for others."""
     return getattr(getattr(model, "bert", model), "embeddings", None)
 
@@ -74,7 +74,7 @@ def used_rows_only(model: nn.Module, ids: Tensor | None):
     """Within the block, ``model``'s word embeddings train only the rows ``ids`` (None: all rows, unchanged);
     on leaving it, the full table is back, holding what training the full table would have given. A model
     without a plain ``nn.Embedding`` table (another architecture) trains as it is."""
-    embeddings = _embeddings(model)
+    embeddings = embeddings_block(model)
     original = getattr(embeddings, "word_embeddings", None)
     if ids is None or not plain_table(original) or (ids.numel() and int(ids.max()) >= original.num_embeddings):
         yield  # (an id past the table fails the lookup as it would without this)
@@ -105,7 +105,7 @@ def frozen_word_embeddings(model: nn.Module, on: bool):
     if not on:
         yield
         return
-    table = getattr(_embeddings(model), "word_embeddings", None)
+    table = getattr(embeddings_block(model), "word_embeddings", None)
     if not isinstance(table, nn.Embedding):
         raise DistillError("trainer.freeze_word_embeddings=true needs a student with a BERT word-embedding table; "
                            "set it to false for this student")
@@ -125,12 +125,12 @@ def plain_table(module) -> bool:
 
 
 def standard_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model.state_dict()`` with a ``UsedRows`` table written as the full ``weight`` a plain
-    ``nn.Embedding`` (and transformers) loads."""
+    """``model.state_dict()`` with a table trained in another form (``UsedRows``, ``ProjectedTable``: a module with
+    ``full_weight()``) written as the full ``weight`` a plain ``nn.Embedding`` (and transformers) loads."""
     state = model.state_dict()
     for name, module in model.named_modules():
-        if isinstance(module, UsedRows):
-            for key in ("weight", "initial", "rows"):  # rows: a buffer, initial: a frozen parameter
+        if callable(getattr(module, "full_weight", None)):
+            for key in module.state_dict():  # its parameters and buffers (UsedRows: rows, initial, weight)
                 state.pop(f"{name}.{key}")
             state[f"{name}.weight"] = module.full_weight()
     return state
