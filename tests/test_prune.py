@@ -162,13 +162,15 @@ def test_the_run_ranks_on_the_training_split():
     ("wnut16_compact_pruned_n32", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 4),  # a token task
     ("mr_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.5, 3),  # a relation stage first
     ("wnut16_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # ... on a token task
-    ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3)])  # + frozen table
+    ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # + frozen table
+    ("wnut16_compact_pruned_proj", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3)])  # + projected table
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
-    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]`, `wnut16_compact_pruned_{n32,rel,unseen}` (tiny teacher,
-    a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned teacher, at
-    the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin trains the KD
-    stages' steps (the relation stage of the rel and unseen recipes, 2 epochs, counted); the unseen recipe replaces
-    entity words and freezes the word embeddings in both its stages and in the twin."""
+    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]`, `wnut16_compact_pruned_{n32,rel,unseen,proj}`
+    (tiny teacher, a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned
+    teacher, at the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin
+    trains the KD stages' steps (the relation stage of the rel, unseen and proj recipes, 2 epochs, counted); the
+    unseen recipe replaces entity words and freezes the word embeddings in both its stages and in the twin, the
+    proj recipe projects them there instead."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
@@ -182,7 +184,7 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
     kd = OmegaConf.load(dirs["distill"] / "stage.yaml")
     assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (n, delete_span, epochs)
-    relations = recipe.endswith(("_rel", "_unseen"))  # a relation stage first
+    relations = recipe.endswith(("_rel", "_unseen", "_proj"))  # a relation stage first
     kd_stages = ["intermediate", "distill"] if relations else ["distill"]
     assert set(kd_stages) <= set(dirs)
     if relations:  # relations only, two epochs, then the KD stage starts from its student
@@ -193,14 +195,17 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == kd_steps
     if relations:
         assert kd_steps == 6  # trainer.max_steps=3 in each stage, the twin 3 + 3
-    unseen = recipe.endswith("_unseen")  # entity words replaced; the table frozen in both stages and the twin
-    frozen = {name: OmegaConf.load(dirs[name] / "stage.yaml").trainer.get("freeze_word_embeddings", False)
-              for name in [*kd_stages, "baseline"]}
-    assert kd.data.augment.get("entity_words", False) == unseen and set(frozen.values()) == {unseen}, frozen
+    unseen, projected = recipe.endswith(("_unseen", "_proj")), recipe.endswith("_proj")  # entity words replaced;
+    table = {name: tuple(OmegaConf.load(dirs[name] / "stage.yaml").trainer.get(key, False)  # frozen or projected
+                         for key in ("freeze_word_embeddings", "project_word_embeddings"))
+             for name in [*kd_stages, "baseline"]}  # in both stages and the twin
+    assert kd.data.augment.get("entity_words", False) == unseen
+    assert set(table.values()) == {(unseen and not projected, projected)}, table
     for name in ("distill", "baseline"):
         config = json.loads((dirs[name] / "student" / "config.json").read_text())
         assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (2, 16, 32)
     log = (tmp_path / "run" / "cli.log").read_text()
     assert log.count("student pruned from teacher layers [1, 0]: 16 of 32 hidden channels") == 2, log[-3000:]
+    assert log.count("times a trained 32 x 16 projection") == (3 if projected else 0)  # both stages and the twin
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {"student (KD)", "student (no KD)"} <= set(report["models"])
