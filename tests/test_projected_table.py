@@ -124,6 +124,9 @@ def test_projecting_without_a_teacher_table_or_with_the_table_frozen_is_one_line
                                            "and this run has no BERT teacher"):
         train(H.config(project_word_embeddings=True), student, H.KDTestLoss(with_teacher=False), train_loader,
               val_loader, str(tmp_path / "run"), "sequence")
+    with pytest.raises(DistillError, match="trains a masked-LM, whose decoder is the table, or set it to false"):
+        train(H.config(project_word_embeddings=True), student, H.KDTestLoss(), train_loader, val_loader,
+              str(tmp_path / "mlm"), "mlm", teacher=teacher, embedding_source=word_table(teacher))
     with pytest.raises(DistillError, match="freeze_word_embeddings and trainer.project_word_embeddings are both true"):
         TrainerConfig(freeze_word_embeddings=True, project_word_embeddings=True)
     other_vocabulary = torch.zeros(50, 32)
