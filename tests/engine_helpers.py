@@ -127,3 +127,20 @@ class LayerKDLoss(CompositeLoss):
         if self.signal_at is not None and self.calls == self.signal_at[0]:
             os.kill(os.getpid(), self.signal_at[1])
         return super().forward(student, teacher, batch)
+
+
+def cut_by_ctrl_c_and_resumed(run, root) -> tuple[dict, object]:
+    """``run(out_dir, loss)`` trained whole, then cut by SIGINT at step 3 and run again: (the whole run's
+    state_dict, the resumed run's result), after checking the cut left exactly its step-3 checkpoint."""
+    import signal
+
+    import pytest
+
+    import distill.checkpoint
+    from distill.errors import DistillError
+
+    full = run(root / "full", KDTestLoss()).student.state_dict()
+    with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
+        run(root / "cut", SignalAt(3, signal.SIGINT))
+    assert [p.name for p in distill.checkpoint.checkpoints(root / "cut")] == ["step_00000003"]
+    return full, run(root / "cut", KDTestLoss())

@@ -341,11 +341,7 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
                      "sequence", "ab", teacher=teacher)
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started in the background
-    full = run(tmp_path / "full", H.KDTestLoss()).student.state_dict()
-    with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
-        run(tmp_path / "cut", H.SignalAt(3, signal.SIGINT))
-    assert [p.name for p in distill.checkpoint.checkpoints(tmp_path / "cut")] == ["step_00000003"]
-    resumed = run(tmp_path / "cut", H.KDTestLoss())
+    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path)
     assert resumed.steps == 12
     assert all(torch.equal(full[k], v) for k, v in resumed.student.state_dict().items())
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back

@@ -1,13 +1,10 @@
 """trainer.project_word_embeddings: a narrow student's table = the teacher's table (frozen) @ a trained projection."""
 
-import signal
-
 import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import distill.checkpoint
 from distill.engine import train, trained_rows
 from distill.errors import DistillError
 from distill.models import heads
@@ -106,11 +103,7 @@ def test_ctrl_c_while_projecting_resumes_to_the_same_weights(tmp_path):
                      train_loader, val_loader, out, "sequence", "ab", teacher=teacher,
                      embedding_source=word_table(teacher))
 
-    full = run(tmp_path / "full", H.KDTestLoss()).student.state_dict()
-    with pytest.raises(DistillError, match=r"interrupted at step 3: checkpoint saved in .*; run the same command"):
-        run(tmp_path / "cut", H.SignalAt(3, signal.SIGINT))
-    assert [p.name for p in distill.checkpoint.checkpoints(tmp_path / "cut")] == ["step_00000003"]
-    resumed = run(tmp_path / "cut", H.KDTestLoss())
+    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path)
     assert resumed.steps == 12
     table = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(full[table], _narrow_pair()[1].state_dict()[table])  # training did move the table

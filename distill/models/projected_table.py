@@ -16,13 +16,13 @@ No library provides it. On leaving training the product is folded back into the 
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.models.used_rows import embeddings_block
+from distill.models.used_rows import embeddings_block, swapped_table
 
 log = logging.getLogger(__name__)
 
@@ -72,21 +72,9 @@ def projected_word_embeddings(model: nn.Module, source: Tensor | None):
     if not isinstance(original, nn.Embedding) or original.num_embeddings != source.shape[0]:
         raise DistillError("trainer.project_word_embeddings=true needs a BERT student whose word-embedding table has "
                            "the teacher's rows; set it to false for this student")
-    trained = embeddings.word_embeddings = ProjectedTable(original, source)
+    trained = ProjectedTable(original, source)
     log.info("word embeddings: the teacher's %d x %d table, frozen, times a trained %d x %d projection (its start "
              "reproduces the student's table within %.1e, relative)", *source.shape, *trained.projection.shape,
              trained.residual)
-
-    def restore() -> None:
-        original.to(trained.projection.device)
-        with torch.no_grad():
-            original.weight.copy_(trained.full_weight())
-        embeddings.word_embeddings = original
-
-    try:
+    with swapped_table(embeddings, original, trained):
         yield
-    except BaseException:
-        with suppress(Exception):  # the error that stopped training is the one to report
-            restore()
-        raise
-    restore()

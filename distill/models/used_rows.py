@@ -79,14 +79,24 @@ def used_rows_only(model: nn.Module, ids: Tensor | None):
     if ids is None or not plain_table(original) or (ids.numel() and int(ids.max()) >= original.num_embeddings):
         yield  # (an id past the table fails the lookup as it would without this)
         return
-    trained = embeddings.word_embeddings = UsedRows(original, ids)
+    trained = UsedRows(original, ids)
     log.info("word embeddings: training the %d of %d rows the training rows use (the rest take the weight decay "
              "alone; trainer.trim_embeddings)", len(trained.weight) - 1, original.num_embeddings)
+    with swapped_table(embeddings, original, trained):
+        yield
+
+
+@contextmanager
+def swapped_table(embeddings: nn.Module, original: nn.Embedding, trained: nn.Module):
+    """Within the block ``embeddings.word_embeddings`` is ``trained`` (a table in another form, with
+    ``full_weight()``); on leaving it, by an error too, ``original`` is back holding ``trained.full_weight()``."""
+    embeddings.word_embeddings = trained
 
     def restore() -> None:
-        original.to(trained.weight.device)  # where the trained model went (accelerate's prepare)
+        full = trained.full_weight()
+        original.to(full.device)  # where the trained model went (accelerate's prepare)
         with torch.no_grad():
-            original.weight.copy_(trained.full_weight())
+            original.weight.copy_(full)
         embeddings.word_embeddings = original
 
     try:
