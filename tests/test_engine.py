@@ -341,7 +341,8 @@ def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_pat
                      "sequence", "ab", teacher=teacher)
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started in the background
-    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path)
+    message = r"interrupted at step 3: checkpoint saved in .*; run the same command"
+    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path, message)
     assert resumed.steps == 12
     assert all(torch.equal(full[k], v) for k, v in resumed.student.state_dict().items())
     assert signal.getsignal(signal.SIGINT) is before  # the handler is put back

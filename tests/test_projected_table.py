@@ -103,7 +103,8 @@ def test_ctrl_c_while_projecting_resumes_to_the_same_weights(tmp_path):
                      train_loader, val_loader, out, "sequence", "ab", teacher=teacher,
                      embedding_source=word_table(teacher))
 
-    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path)
+    message = r"interrupted at step 3: checkpoint saved in .*; run the same command"
+    full, resumed = H.cut_by_ctrl_c_and_resumed(run, tmp_path, message)
     assert resumed.steps == 12
     table = "bert.embeddings.word_embeddings.weight"
     assert not torch.equal(full[table], _narrow_pair()[1].state_dict()[table])  # training did move the table
