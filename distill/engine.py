@@ -564,10 +564,12 @@ def train(cfg: TrainerConfig, student: nn.Module, loss: nn.Module, train_loader,
     set_seed(cfg.seed)
     if loss.uses_teacher and teacher is None:
         raise DistillError("the losses read a teacher but none is configured; add teacher=... or use losses=hard_only")
-    if cfg.project_word_embeddings and (embedding_source is None or task == "mlm"):
+    if cfg.project_word_embeddings and embedding_source is None:
         raise DistillError("trainer.project_word_embeddings=true projects the teacher's word embeddings, and this run "
-                           + ("has no BERT teacher; add teacher=..." if embedding_source is None else
-                              "trains a masked-LM, whose decoder is the table") + ", or set it to false")
+                           "has no BERT teacher; add teacher=..., or set it to false")
+    if cfg.project_word_embeddings and task == "mlm":
+        raise DistillError("trainer.project_word_embeddings=true projects the teacher's word embeddings, and this run "
+                           "trains a masked-LM, whose decoder is the table, or set it to false")
     # the frozen teacher's linears stay packed for oneDNN for the run (ops.packed_while_frozen says why only here)
     with frozen_word_embeddings(student, cfg.freeze_word_embeddings), \
             projected_word_embeddings(student, embedding_source if cfg.project_word_embeddings else None), \

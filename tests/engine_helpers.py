@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import signal
 
+import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from torch import nn
 
+import distill.checkpoint
 from distill.data.collate import Collator
 from distill.engine import TrainerConfig
+from distill.errors import DistillError
 from distill.losses.attention import AttentionMSE
 from distill.losses.base import CompositeLoss
 from distill.losses.hard import HardCrossEntropy
@@ -133,13 +137,6 @@ def cut_by_ctrl_c_and_resumed(run, root, message: str) -> tuple[dict, object]:
     """``run(out_dir, loss)`` trained whole, then cut by SIGINT at step 3 and run again: (the whole run's
     state_dict, the resumed run's result), after checking the cut said ``message`` (a regex) and left exactly its
     step-3 checkpoint."""
-    import signal
-
-    import pytest
-
-    import distill.checkpoint
-    from distill.errors import DistillError
-
     full = run(root / "full", KDTestLoss()).student.state_dict()
     with pytest.raises(DistillError, match=message):
         run(root / "cut", SignalAt(3, signal.SIGINT))
