@@ -9,6 +9,8 @@ The vocabulary a YAML ``layer_map`` accepts:
   * ``uniform`` — TinyBERT's g(i) = i · n_teacher / n_student, for i = 1..n_student
     (plus 0 ↔ 0 for losses that read the embeddings);
   * ``last`` — the last student layer ↔ the last teacher layer;
+  * ``source`` — each layer of a student copied or pruned from teacher layers ↔ the layer it came from
+    (``student=from_teacher`` or ``pruned_*``: layers [0, 2, 3, 5] give (1, 1), (2, 3), (3, 4), (4, 6));
   * an explicit list of ``[student_layer, teacher_layer]`` pairs.
 """
 
@@ -20,7 +22,14 @@ from dataclasses import dataclass
 from distill.errors import DistillError
 from distill.tables import render
 
-KEYWORDS = ("uniform", "last")
+# the teacher layers (0-based) a student config was copied or pruned from; its builders set it
+SOURCE_LAYERS = "distill_source_layers"
+
+
+def source_layers(config) -> list[int] | None:
+    """The teacher layers a student was built from, or None for a student of its own."""
+    layers = getattr(config, SOURCE_LAYERS, None)
+    return None if layers is None else [int(i) for i in layers]
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,13 @@ class LayerMap:
         return cls(((n_student, n_teacher),))
 
     @classmethod
+    def source(cls, layers: Sequence[int], embeddings: bool = True) -> LayerMap:
+        """Student layer i ↔ the teacher layer it was built from: [0, 2, 3, 5] → (1, 1), (2, 3), (3, 4), (4, 6),
+        plus (0, 0) with ``embeddings`` (they were copied or pruned from the teacher's too)."""
+        pairs = tuple((i, int(t) + 1) for i, t in enumerate(layers, start=1))
+        return cls(((0, 0), *pairs) if embeddings else pairs)
+
+    @classmethod
     def resolve(
         cls,
         spec: str | Sequence[Sequence[int]] | LayerMap,
@@ -54,11 +70,13 @@ class LayerMap:
         *,
         embeddings: bool,
         allow_embeddings: bool | None = None,
+        source: Sequence[int] | None = None,
     ) -> LayerMap:
         """A YAML ``layer_map`` value → validated pairs.
 
-        ``embeddings``: whether ``uniform`` includes 0 ↔ 0; ``allow_embeddings`` (default: same):
-        whether layer 0 is valid at all (False for attention maps and Q/K/V, which have no layer 0).
+        ``embeddings``: whether ``uniform`` and ``source`` include 0 ↔ 0; ``allow_embeddings`` (default: same):
+        whether layer 0 is valid at all (False for attention maps and Q/K/V, which have no layer 0);
+        ``source``: the student's teacher layers (``source_layers(student_config)``), for ``source``.
         """
         allow = embeddings if allow_embeddings is None else allow_embeddings
         if isinstance(spec, LayerMap):
@@ -67,9 +85,17 @@ class LayerMap:
             layer_map = cls.uniform(n_student, n_teacher, embeddings=embeddings)
         elif spec == "last":
             layer_map = cls.last(n_student, n_teacher)
+        elif spec == "source" and source is None:
+            raise DistillError(
+                "layer_map: source pairs each student layer with the teacher layer it was built from, and this "
+                "student was not built from teacher layers (student=from_teacher or pruned_* are); use uniform, "
+                "last or [student_layer, teacher_layer] pairs"
+            )
+        elif spec == "source":
+            layer_map = cls.source(source, embeddings=embeddings)
         elif isinstance(spec, str):
             raise DistillError(
-                f"layer_map={spec!r} is not understood; use 'uniform', 'last' or a list of "
+                f"layer_map={spec!r} is not understood; use 'uniform', 'last', 'source' or a list of "
                 f"[student_layer, teacher_layer] pairs"
             )
         else:
@@ -112,7 +138,7 @@ def _pairs(spec) -> tuple[tuple[int, int], ...]:
         pairs = tuple((int(s), int(t)) for s, t in spec)
     except (TypeError, ValueError):
         raise DistillError(
-            f"layer_map={spec!r} is not understood; use 'uniform', 'last' or a list of "
+            f"layer_map={spec!r} is not understood; use 'uniform', 'last', 'source' or a list of "
             f"[student_layer, teacher_layer] pairs such as [[1, 3], [2, 6]]"
         ) from None
     return pairs

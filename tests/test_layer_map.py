@@ -1,4 +1,4 @@
-"""LayerMap: TinyBERT's uniform map, last, explicit pairs, validation, the dry-run table."""
+"""LayerMap: TinyBERT's uniform map, last, source, explicit pairs, validation, the dry-run table."""
 
 import pytest
 from omegaconf import OmegaConf
@@ -28,6 +28,18 @@ def test_last_and_explicit_pairs_from_yaml():
     assert LayerMap.resolve(LayerMap(((1, 1),)), 2, 12, embeddings=False).pairs == ((1, 1),)
 
 
+def test_source_pairs_each_student_layer_with_the_teacher_layer_it_was_built_from():
+    # a student cut from teacher layers 0, 2, 3, 5 (0-based); the map counts 1 = first transformer layer
+    assert LayerMap.resolve("source", 4, 6, embeddings=False, source=[0, 2, 3, 5]).pairs == (
+        (1, 1), (2, 3), (3, 4), (4, 6))
+    assert LayerMap.resolve("source", 2, 6, embeddings=True, source=[5, 0]).pairs == ((0, 0), (1, 6), (2, 1))
+    with pytest.raises(DistillError, match=r"^layer_map: source pairs .* this student was not built from teacher "
+                                           r"layers \(student=from_teacher or pruned_\* are\); use uniform"):
+        LayerMap.resolve("source", 4, 6, embeddings=False)
+    with pytest.raises(DistillError, match=r"pair \[2, 7\] is out of range"):  # built from another, deeper teacher
+        LayerMap.resolve("source", 2, 6, embeddings=False, source=[0, 6])
+
+
 def test_attention_maps_reject_layer_zero_and_hidden_accepts_it():
     assert LayerMap.resolve([[0, 0]], 2, 4, embeddings=True).pairs == ((0, 0),)
     with pytest.raises(DistillError, match=r"student layers are 1\.\.2, teacher layers 1\.\.4"):
@@ -40,9 +52,9 @@ def test_attention_maps_reject_layer_zero_and_hidden_accepts_it():
         ([[3, 1]], r"pair \[3, 1\] is out of range: student layers are 0\.\.2, teacher layers 0\.\.4"),
         ([[1, 5]], r"out of range"),
         ([], r"layer_map is empty"),
-        ("uniformly", r"use 'uniform', 'last' or a list"),
-        ([[1, "x"]], r"use 'uniform', 'last' or a list"),
-        ([1, 2], r"use 'uniform', 'last' or a list"),
+        ("uniformly", r"use 'uniform', 'last', 'source' or a list"),
+        ([[1, "x"]], r"use 'uniform', 'last', 'source' or a list"),
+        ([1, 2], r"use 'uniform', 'last', 'source' or a list"),
     ],
 )
 def test_impossible_maps_raise_one_line_errors(spec, match):

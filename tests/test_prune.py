@@ -2,6 +2,7 @@
 
 import copy
 import json
+import re
 from pathlib import Path
 
 import hydra
@@ -10,9 +11,12 @@ import torch
 from hydra import compose, initialize_config_module
 
 from distill.errors import DistillError
-from distill.models.hub import load_tokenizer, minilm_l6_path
+from distill.layer_map import source_layers
+from distill.losses.hidden import HiddenMSE
+from distill.losses.relation import MiniLMRelation
+from distill.models.hub import from_pretrained, load_tokenizer, minilm_l6_path, save_pretrained
 from distill.models.prune import calibration_rows, importance, student_pruned_from_teacher, top
-from distill.models.student import random_bert
+from distill.models.student import random_bert, student_config, student_from_teacher
 from distill.run import build_models
 
 TEXTS = ["a gripping , well acted film", "dull and far too long", "the cast is wonderful", "i hated every minute",
@@ -132,6 +136,28 @@ def test_calibration_rows_spread_over_the_split():
     assert calibration_rows(texts, 7)[-1] == "row 8" and calibration_rows(texts, 50) == texts
 
 
+def test_a_student_built_from_teacher_layers_names_them_for_layer_map_source(tmp_path):
+    """`layer_map: source` reads the teacher layers a pruned or copied student came from off its config, which a
+    saved student keeps (the KD stage after a relation stage loads it); a student of its own has none, and a
+    student of a student does not inherit its teacher's."""
+    teacher = _teacher("token")
+    pruned = student_pruned_from_teacher(teacher, [1, 0], 16, 2, 32, texts=TEXTS)
+    assert source_layers(pruned.config) == [1, 0] and source_layers(student_from_teacher(teacher, [1]).config) == [1]
+    relation = MiniLMRelation(layer_map="source", relation_heads=2)
+    relation.setup(pruned.config, teacher.config)
+    assert relation.layer_map.pairs == ((1, 2), (2, 1))  # reversed on purpose: not the uniform map
+    hidden = HiddenMSE(layer_map="source")
+    hidden.setup(pruned.config, teacher.config)
+    assert hidden.layer_map.pairs == ((0, 0), (1, 2), (2, 1))  # the embeddings were pruned from the teacher's too
+    save_pretrained(pruned, tmp_path / "saved")
+    reloaded = from_pretrained(tmp_path / "saved", task="token", id2label=teacher.config.id2label)
+    assert source_layers(reloaded.config) == [1, 0]
+    own = student_config(pruned, num_hidden_layers=2, hidden_size=8, num_attention_heads=2)
+    assert source_layers(own) is None
+    with pytest.raises(DistillError, match=r"^layer_map: source .* not built from teacher layers"):
+        MiniLMRelation(layer_map="source", relation_heads=2).setup(own, pruned.config)
+
+
 def test_the_run_ranks_on_the_training_split():
     """`distill train student=pruned_l4_h128 ...` builds it through the run, which hands it the training text."""
     overrides = ["data=mr", "data.limit=32", "teacher=tiny", "student=pruned_l4_h128", "student.layers=[1, 0]",
@@ -163,14 +189,17 @@ def test_the_run_ranks_on_the_training_split():
     ("mr_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.5, 3),  # a relation stage first
     ("wnut16_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # ... on a token task
     ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # + frozen table
-    ("wnut16_compact_pruned_proj", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3)])  # + projected table
+    ("wnut16_compact_pruned_proj", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # + projected table
+    ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3",  # relations at every layer
+                                      "intermediate.losses.relation.layer_map=source"], 2, 0.0, 3)])
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
     """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]`, `wnut16_compact_pruned_{n32,rel,unseen,proj}`
     (tiny teacher, a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned
     teacher, at the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin
     trains the KD stages' steps (the relation stage of the rel, unseen and proj recipes, 2 epochs, counted); the
     unseen recipe replaces entity words and freezes the word embeddings in both its stages and in the twin, the
-    proj recipe projects them there instead."""
+    proj recipe projects them there instead; `layer_map=source` pairs each relation layer with the teacher layer
+    it was pruned from (the recipes: the last layers only)."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
@@ -206,6 +235,9 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
         assert (config["num_hidden_layers"], config["hidden_size"], config["intermediate_size"]) == (2, 16, 32)
     log = (tmp_path / "run" / "cli.log").read_text()
     assert log.count("student pruned from teacher layers [1, 0]: 16 of 32 hidden channels") == 2, log[-3000:]
+    source = "intermediate.losses.relation.layer_map=source" in overrides  # student layers 1, 2 from teacher 2, 1
+    pairs = set(re.findall(r"relation \(w=1\)\s+layer (\d) qkv\s+layer (\d) qkv", log))
+    assert pairs == ({("1", "2"), ("2", "1")} if source else {("2", "2")} if relations else set()), pairs
     assert log.count("times a trained 32 x 16 projection") == (3 if projected else 0)  # both stages and the twin
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert {"student (KD)", "student (no KD)"} <= set(report["models"])

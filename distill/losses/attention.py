@@ -18,7 +18,7 @@ from torch import Tensor
 from transformers import BertConfig
 
 from distill.errors import DistillError
-from distill.layer_map import LayerMap, check_depth, layer_name
+from distill.layer_map import LayerMap, check_depth, layer_name, source_layers
 from distill.losses.base import DistillLoss, Row
 from distill.losses.masking import as_float, field, real_tokens
 from distill.losses.schedules import Schedule
@@ -41,6 +41,7 @@ class _AttentionLoss(DistillLoss):
             student_config.num_hidden_layers,
             teacher_config.num_hidden_layers,
             embeddings=False,
+            source=source_layers(student_config),
         )
 
     def setup(self, student_config: BertConfig, teacher_config: BertConfig | None) -> None:

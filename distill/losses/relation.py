@@ -23,7 +23,7 @@ from torch import Tensor
 from transformers import BertConfig
 
 from distill.errors import DistillError
-from distill.layer_map import LayerMap, check_depth, layer_name
+from distill.layer_map import LayerMap, check_depth, layer_name, source_layers
 from distill.losses.base import DistillLoss, Row
 from distill.losses.masking import as_float, field, real_tokens
 from distill.losses.schedules import Schedule
@@ -66,7 +66,8 @@ class MiniLMRelation(DistillLoss):
 
     def resolve(self, student_config: BertConfig, teacher_config: BertConfig) -> tuple[LayerMap, int]:
         layer_map = LayerMap.resolve(
-            self.layer_map_spec, student_config.num_hidden_layers, teacher_config.num_hidden_layers, embeddings=False
+            self.layer_map_spec, student_config.num_hidden_layers, teacher_config.num_hidden_layers, embeddings=False,
+            source=source_layers(student_config),
         )
         hs, ht = student_config.hidden_size, teacher_config.hidden_size
         heads = self.relation_heads_spec

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.layer_map import SOURCE_LAYERS
 from distill.models.bert import BertLayer, BertModel, BertPreTrainedModel
 from distill.models.hub import load_tokenizer
 from distill.models.student import encoder_of, require_same_vocab, single_teacher, student_config, teacher_layers
@@ -199,7 +200,7 @@ def student_pruned_from_teacher(
     config = student_config(teacher, num_hidden_layers=len(layers), hidden_size=hidden_size,
                             num_attention_heads=num_attention_heads, intermediate_size=intermediate_size,
                             attention_probs_dropout_prob=attention_probs_dropout_prob,
-                            hidden_dropout_prob=hidden_dropout_prob)
+                            hidden_dropout_prob=hidden_dropout_prob, **{SOURCE_LAYERS: layers})
     student = type(teacher)(config)
     student.init_weights()
     channels = top(score.channels, hidden_size).to(device)

@@ -16,6 +16,7 @@ import torch
 from transformers import BertConfig
 
 from distill.errors import DistillError
+from distill.layer_map import SOURCE_LAYERS
 from distill.models.bert import BertModel, BertPreTrainedModel
 from distill.models.foreign import is_foreign
 from distill.models.heads import TASK_CLASSES
@@ -33,6 +34,8 @@ def student_config(teacher: BertPreTrainedModel, **changes) -> BertConfig:
     another architecture gives only its labels, the vocabulary is its ``student_tokenizer``'s."""
     teacher = single_teacher(teacher)
     config = _own_vocab_config(teacher) if is_foreign(teacher) else copy.deepcopy(teacher.config)
+    if hasattr(config, SOURCE_LAYERS):  # a teacher that was itself a student: its layers are not this student's
+        delattr(config, SOURCE_LAYERS)
     for key, value in changes.items():
         if value is not None:
             setattr(config, key, value)
@@ -168,6 +171,7 @@ def student_from_teacher(
         num_hidden_layers=len(layers),
         attention_probs_dropout_prob=attention_probs_dropout_prob,
         hidden_dropout_prob=hidden_dropout_prob,
+        **{SOURCE_LAYERS: layers},
     )
     student = type(teacher)(config)
     student.init_weights()
