@@ -3,7 +3,9 @@
 A checkpoint is written into ``checkpoints/.tmp-step_N`` and renamed to ``checkpoints/step_N`` only
 once complete (``os.replace`` is atomic on one filesystem), so a crash mid-write leaves the previous
 checkpoint as the newest valid one. ``trainer_state.json`` holds the loop's own counters as JSON;
-no pickles are written or read beyond accelerate's own (which it loads with ``weights_only``).
+no pickles are written or read beyond accelerate's own (which it loads with ``weights_only``): modules
+outside the prepared ones (the weights' moving average) go to ``<name>.safetensors``, not to accelerate's
+``register_for_checkpointing``, whose pickles it loads with ``weights_only=False``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from pathlib import Path
 
 from accelerate import Accelerator
 from safetensors import SafetensorError
+from safetensors.torch import load_model, save_model
+from torch import nn
 
 from distill.errors import DistillError
 
@@ -35,7 +39,7 @@ PIPELINE_ONLY = ("export.", "baseline.", "finetune.", "intermediate.", "control"
 # absent from an older checkpoint or stage key means that value, so those runs still resume (with it) and their
 # stage dirs are reused
 ADDED_WITH = {"metric_for_best": None, "trim_embeddings": False, "mask_share": 0.0, "entity_words": False,
-              "freeze_word_embeddings": False, "project_word_embeddings": False}
+              "freeze_word_embeddings": False, "project_word_embeddings": False, "ema_decay": None}
 
 
 def checkpoints(root: str | os.PathLike) -> list[Path]:
@@ -48,14 +52,14 @@ def checkpoints(root: str | os.PathLike) -> list[Path]:
 
 
 def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: dict, keep_last: int,
-                    config: dict | None = None) -> Path:
-    """Save model/optimizer/scheduler/RNG (+ ``state``, + the run's flat ``config``) atomically; keep
-    the newest ``keep_last``."""
+                    config: dict | None = None, modules: dict[str, nn.Module] | None = None) -> Path:
+    """Save model/optimizer/scheduler/RNG (+ ``state``, + the run's flat ``config``, + ``modules`` by name)
+    atomically; keep the newest ``keep_last``."""
     folder = Path(root) / "checkpoints"
     final = folder / f"step_{state['global_step']:08d}"
     tmp = folder / f".tmp-{final.name}"
     try:
-        return _write(accelerator, root, state, keep_last, config, final, tmp)
+        return _write(accelerator, root, state, keep_last, config, final, tmp, modules or {})
     except (OSError, SafetensorError) as e:  # a full disk, a read-only dir: the last complete checkpoint stays
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -66,13 +70,15 @@ def save_checkpoint(accelerator: Accelerator, root: str | os.PathLike, state: di
 
 
 def _write(accelerator: Accelerator, root, state: dict, keep_last: int, config: dict | None, final: Path,
-           tmp: Path) -> Path:
+           tmp: Path, modules: dict[str, nn.Module]) -> Path:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
     if accelerator.is_main_process:
+        for name, module in modules.items():  # save_model: tied tensors (a masked-LM's decoder) stored once
+            save_model(module, str(tmp / f"{name}.safetensors"))
         if config is not None:
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1, default=str))
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
@@ -115,7 +121,7 @@ def _check_same_run(path: Path, root: str | os.PathLike, config: dict | None) ->
 
 
 def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None,
-           config: dict | None = None) -> dict | None:
+           config: dict | None = None, modules: dict[str, nn.Module] | None = None) -> dict | None:
     """Restore the newest loadable checkpoint (``spec="auto"``) or the one at path ``spec``.
 
     Returns the loop state saved with it, or None when there is nothing to resume from. A corrupt
@@ -135,6 +141,8 @@ def resume(accelerator: Accelerator, root: str | os.PathLike, spec: str | None,
         _check_same_run(path, root, config)
         try:
             accelerator.load_state(str(path))
+            for name, module in (modules or {}).items():
+                load_model(module, str(path / f"{name}.safetensors"))
             state = json.loads((path / STATE_FILE).read_text())
         except Exception as e:  # a truncated/corrupt file: fall back to the previous checkpoint
             log.warning("checkpoint %s is unreadable (%s: %s); trying an older one", path, type(e).__name__, e)

@@ -25,6 +25,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -372,18 +373,30 @@ class Evaluation:
 
 @dataclass
 class Checkpoints:
-    """Saves the loop at a step (once per step): weights, optimizer, scheduler, RNG, ``LoopState``."""
+    """Saves the loop at a step (once per step): weights, optimizer, scheduler, RNG, ``LoopState``, and
+    ``modules`` outside the prepared ones (the weights' moving average)."""
 
     accelerator: Accelerator
     out: Path
     keep_last: int
     settings: dict  # the run's flat config, checked when a run resumes from it
+    modules: dict[str, nn.Module]
     last_step: int | None = None
 
     def __call__(self, state: LoopState) -> None:
         if self.last_step != state.global_step:
             self.last_step = state.global_step
-            save_checkpoint(self.accelerator, self.out, asdict(state), self.keep_last, self.settings)
+            save_checkpoint(self.accelerator, self.out, asdict(state), self.keep_last, self.settings, self.modules)
+
+
+def weight_average(student: nn.Module, decay: float | None) -> AveragedModel | None:
+    """``trainer.ema_decay``: a frozen copy of ``student`` whose weights become ``decay · average + (1 − decay) ·
+    weights`` at every ``update_parameters(student)`` (the first copies them); its buffers follow the student's."""
+    if decay is None:
+        return None
+    log.info("validation scores, and the run keeps, a moving average of the weights (trainer.ema_decay=%g: about "
+             "the last %d steps)", decay, round(1 / (1 - decay)))
+    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay)).requires_grad_(False)
 
 
 def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
@@ -432,6 +445,8 @@ class Loop:
     evaluation: Evaluation | None
     metrics_log: MetricsLog
     save: Checkpoints
+    average: AveragedModel | None = None  # trainer.ema_decay's moving average of ``student``'s weights
+    student: nn.Module | None = None
     nonfinite: NonFinite | None = None  # None: made on the accelerator's device
     nonfinite_seen: int = 0  # of nonfinite.total, already in LoopState.nonfinite
 
@@ -459,6 +474,8 @@ class Loop:
             self.optimizer.zero_grad(set_to_none=True)
             if self.accelerator.sync_gradients:
                 self.nonfinite.pending.zero_()
+                if self.average is not None:
+                    self.average.update_parameters(self.student)
         return {"loss": loss.detach(), **parts}, finite
 
     def check_nonfinite(self, state: LoopState) -> None:
@@ -603,13 +620,15 @@ def run_loop(cfg: TrainerConfig, accelerator: Accelerator, student: nn.Module, l
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
         wandb = {"mode": cfg.wandb_mode, "dir": str(out), "name": cfg.run_name or out.name, "tags": list(cfg.tags)}
         accelerator.init_trackers(cfg.project, config=settings, init_kwargs={"wandb": wandb})
-    state = LoopState.restored(resume(accelerator, out, cfg.resume, settings))
+    average = weight_average(plain.student, cfg.ema_decay)
+    saved_too = {"weight_average": average} if average is not None else {}
+    state = LoopState.restored(resume(accelerator, out, cfg.resume, settings, saved_too))
     evaluation = None if eval_loader is None else Evaluation(
-        accelerator, plain.student, eval_loader, task, label_names, out / "best", cfg.early_stopping_patience,
-        best_metric)
+        accelerator, plain.student if average is None else average.module, eval_loader, task, label_names,
+        out / "best", cfg.early_stopping_patience, best_metric)
     loop = Loop(cfg, accelerator, module, plain.loss, optimizer, scheduler, train_loader, total, targets, evaluation,
                 MetricsLog(accelerator, out / "metrics.jsonl", state.global_step),
-                Checkpoints(accelerator, out, cfg.keep_last, settings))
+                Checkpoints(accelerator, out, cfg.keep_last, settings, saved_too), average, plain.student)
     module.train()
     bar = tqdm(total=total, initial=state.global_step, disable=not accelerator.is_local_main_process,
                desc="distill" if teacher is not None else "fine-tune")
@@ -621,6 +640,8 @@ def run_loop(cfg: TrainerConfig, accelerator: Accelerator, student: nn.Module, l
         loop.evaluation(state, loop.metrics_log)
     loop.check_nonfinite(state)
     loop.save(state)
+    if average is not None:  # the run keeps the average (a longer run resumed from the checkpoint trains on from
+        plain.student.load_state_dict(average.module.state_dict())  # the weights it saved, not from these)
     return loop, state
 
 

@@ -54,6 +54,9 @@ class TrainerConfig:
     cache_max_gb: float = 8.0  # a teacher cache larger than this (hidden states, maps) is not made: online teacher
     resume: str | None = "auto"
     load_best_at_end: bool = True
+    # an exponential moving average of the weights, updated after every optimizer step (torch's AveragedModel):
+    # validation scores it and the run keeps it, not the last step's weights; 0.999 averages about 1,000 steps
+    ema_decay: float | None = None
     log_with: str | None = None  # wandb | tensorboard | None
     project: str = "distill"
     wandb_mode: str = "offline"
@@ -87,6 +90,8 @@ class TrainerConfig:
             (not (self.freeze_word_embeddings and self.project_word_embeddings),
              "trainer.freeze_word_embeddings and trainer.project_word_embeddings are both true: set one (projecting "
              "keeps the teacher's table frozen and trains a projection of it)"),
+            (self.ema_decay is None or 0 < number("ema_decay") < 1,
+             f"trainer.ema_decay={self.ema_decay} must be in (0, 1), e.g. 0.999 (or null: no average)"),
             (isinstance(self.max_nonfinite, int) and self.max_nonfinite >= 1,
              f"trainer.max_nonfinite={self.max_nonfinite!r} must be a positive integer"),
         ]

@@ -274,6 +274,8 @@ def test_finetuning_without_teacher_learns_the_task(tmp_path):
     ({"max_steps": -5}, "trainer.max_steps=-5 must be a positive number of steps"),
     ({"epochs": 0}, "trainer.epochs=0 must be > 0"),
     ({"mixed_precision": "fp8"}, "trainer.mixed_precision='fp8': use no, bf16, fp16, auto or null"),
+    ({"ema_decay": 1}, "trainer.ema_decay=1 must be in (0, 1), e.g. 0.999"),
+    ({"ema_decay": 0}, "trainer.ema_decay=0 must be in (0, 1), e.g. 0.999"),
 ])
 def test_impossible_trainer_settings_stop_with_one_line(changes, message):
     from distill.engine import TrainerConfig
@@ -333,12 +335,14 @@ def test_resumed_run_logs_each_step_once(tmp_path):
     assert [k for k in keys if k[1]] == [(6, True), (12, True)]
 
 
-def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.8])
+def test_ctrl_c_finishes_the_step_saves_a_checkpoint_and_resumes_exactly(tmp_path, ema_decay):
+    """With ``trainer.ema_decay`` the kept weights are the moving average: restored from the checkpoint too."""
     def run(out, loss):
         teacher, student = H.models(dropout=0.1)
         train_loader, val_loader = H.loaders()
-        return train(H.config(epochs=2, load_best_at_end=False), student, loss, train_loader, val_loader, out,
-                     "sequence", "ab", teacher=teacher)
+        return train(H.config(epochs=2, load_best_at_end=False, ema_decay=ema_decay), student, loss, train_loader,
+                     val_loader, out, "sequence", "ab", teacher=teacher)
 
     before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN when started in the background
     message = r"interrupted at step 3: checkpoint saved in .*; run the same command"
@@ -403,3 +407,25 @@ def test_a_real_composite_loss_asks_the_teacher_only_for_the_maps_it_reads(tmp_p
         expected = loss.terms["attention"](s, t, first).item()
     assert t.attentions[0] is None and t.attentions[1] is not None  # layer 1's map was never computed
     assert result.history[0]["train/attention"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("load_best_at_end", [False, True])
+def test_ema_keeps_the_moving_average_of_the_weights_every_step_reached(tmp_path, load_best_at_end):
+    """Golden: with a constant learning rate the weights after step k do not depend on the run's length, so runs
+    of 1, 2 and 3 steps give w1, w2, w3; ``trainer.ema_decay=0.6`` over 3 steps keeps e3, where e1 = w1 and
+    e_k = 0.6 e_(k-1) + 0.4 w_k. Kept by copying the average in (no validation) or from the best checkpoint (the
+    one validation at the end scored the average)."""
+    def run(steps, ema_decay=None, validate=False):
+        teacher, student = H.models()
+        train_loader, val_loader = H.loaders()
+        cfg = H.config(max_steps=steps, scheduler="constant", ema_decay=ema_decay, load_best_at_end=load_best_at_end)
+        out = tmp_path / f"{steps}-{ema_decay}"
+        return train(cfg, student, H.KDTestLoss(), train_loader, val_loader if validate else None, out, "sequence",
+                     "ab", teacher=teacher).student.state_dict()
+
+    w1, w2, w3 = (run(k) for k in (1, 2, 3))
+    kept = run(3, ema_decay=0.6, validate=load_best_at_end)
+    for key, last in w3.items():
+        expected = 0.6 * (0.6 * w1[key] + 0.4 * w2[key]) + 0.4 * last
+        assert torch.allclose(kept[key], expected, rtol=0, atol=1e-6), key
+    assert max(float((kept[k] - w3[k]).abs().max()) for k in w3) > 1e-4  # not the last weights (lr 1e-3 a step)
