@@ -95,11 +95,13 @@ def test_a_model_saved_while_projecting_is_a_plain_bert_dir(tmp_path):
     assert torch.equal(student.bert.embeddings.word_embeddings.weight.detach(), during)
 
 
-def test_ctrl_c_while_projecting_resumes_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("ema_decay", [None, 0.8])
+def test_ctrl_c_while_projecting_resumes_to_the_same_weights(tmp_path, ema_decay):
     def run(out, loss):
         teacher, student = _narrow_pair(dropout=0.1)
         train_loader, val_loader = H.loaders()
-        return train(H.config(epochs=2, load_best_at_end=False, project_word_embeddings=True), student, loss,
+        cfg = H.config(epochs=2, load_best_at_end=False, project_word_embeddings=True, ema_decay=ema_decay)
+        return train(cfg, student, loss,
                      train_loader, val_loader, out, "sequence", "ab", teacher=teacher,
                      embedding_source=word_table(teacher))
 

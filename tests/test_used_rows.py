@@ -32,8 +32,11 @@ def test_the_table_looks_up_what_the_full_table_does_for_any_id():
     assert torch.equal(table.weight.grad[1], torch.ones(4)) and torch.equal(table.weight.grad[2], 2 * torch.ones(4))
 
 
-def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp_path, caplog):
-    """Golden: the same run with trainer.trim_embeddings on and off (weight decay 0.01 on the table)."""
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp_path, caplog, ema_decay):
+    """Golden: the same run with trainer.trim_embeddings on and off (weight decay 0.01 on the table); with
+    trainer.ema_decay, the moving averages of the two (an unused row's average is its start times the average of
+    the decay factors, kept in the trimmed table's last row)."""
     results = {}
     expected = sorted({0} | {i for row in H.dataset()["input_ids"] for i in row})  # the padding id and the data's
     unused = sorted(set(range(99)) - set(expected))
@@ -42,7 +45,7 @@ def test_training_the_used_rows_gives_the_weights_of_training_the_full_table(tmp
         teacher, student = H.models()
         initial = student.bert.embeddings.word_embeddings.weight.detach().clone()
         train_loader, val_loader = H.loaders()
-        cfg = H.config(weight_decay=0.01, trim_embeddings=trim)
+        cfg = H.config(weight_decay=0.01, trim_embeddings=trim, ema_decay=ema_decay)
         if trim:
             used = torch.unique(trained_rows(cfg, train_loader, "sequence"))
             assert used.tolist() == expected
