@@ -25,7 +25,7 @@ from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataPara
 from accelerate.state import AcceleratorState
 from accelerate.utils import GradientAccumulationPlugin, set_seed
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -389,14 +389,29 @@ class Checkpoints:
             save_checkpoint(self.accelerator, self.out, asdict(state), self.keep_last, self.settings, self.modules)
 
 
-def weight_average(student: nn.Module, decay: float | None) -> AveragedModel | None:
-    """``trainer.ema_decay``: a frozen copy of ``student`` whose weights become ``decay · average + (1 − decay) ·
-    weights`` at every ``update_parameters(student)`` (the first copies them); its buffers follow the student's."""
-    if decay is None:
-        return None
-    log.info("validation scores, and the run keeps, a moving average of the weights (trainer.ema_decay=%g: about "
-             "the last %d steps)", decay, round(1 / (1 - decay)))
-    return AveragedModel(student, multi_avg_fn=get_ema_multi_avg_fn(decay)).requires_grad_(False)
+class WeightAverage(AveragedModel):
+    """``trainer.ema_decay``: ``module``, a frozen copy of the student, whose trained tensors become ``decay ·
+    average + (1 − decay) · weights`` at every ``update_parameters(student)`` (the first copies them). torch's
+    AveragedModel (the copy, ``n_averaged``, the state_dict a checkpoint holds) with its own update over the tensors
+    the optimizer trains only: torch's lerps frozen tables too (a vocabulary-sized one each step) and moves its
+    counter to the device each step (a host sync on a GPU); frozen tensors and buffers do not change in a run."""
+
+    def __init__(self, student: nn.Module, decay: float):
+        super().__init__(student)
+        self.requires_grad_(False)
+        self.decay = decay
+        log.info("validation scores, and the run keeps, a moving average of the weights (trainer.ema_decay=%g: "
+                 "about the last %d steps)", decay, round(1 / (1 - decay)))
+
+    @torch.no_grad()
+    def update_parameters(self, model: nn.Module) -> None:
+        pairs = [(a, p) for a, p in zip(self.module.parameters(), model.parameters(), strict=True) if p.requires_grad]
+        averages, weights = [a for a, _ in pairs], [p.detach() for _, p in pairs]
+        if self.n_averaged == 0:  # on the CPU: no sync
+            torch._foreach_copy_(averages, weights)
+        else:
+            torch._foreach_lerp_(averages, weights, 1 - self.decay)
+        self.n_averaged += 1
 
 
 def trained_rows(cfg: TrainerConfig, loader, task: str) -> torch.Tensor | None:
@@ -445,7 +460,7 @@ class Loop:
     evaluation: Evaluation | None
     metrics_log: MetricsLog
     save: Checkpoints
-    average: AveragedModel | None = None  # trainer.ema_decay's moving average of ``student``'s weights
+    average: WeightAverage | None = None  # trainer.ema_decay's moving average of ``student``'s weights
     student: nn.Module | None = None
     nonfinite: NonFinite | None = None  # None: made on the accelerator's device
     nonfinite_seen: int = 0  # of nonfinite.total, already in LoopState.nonfinite
@@ -620,7 +635,7 @@ def run_loop(cfg: TrainerConfig, accelerator: Accelerator, student: nn.Module, l
     if accelerator.is_main_process and cfg.log_with:  # trackers take flat scalars as hyper-parameters
         wandb = {"mode": cfg.wandb_mode, "dir": str(out), "name": cfg.run_name or out.name, "tags": list(cfg.tags)}
         accelerator.init_trackers(cfg.project, config=settings, init_kwargs={"wandb": wandb})
-    average = weight_average(plain.student, cfg.ema_decay)
+    average = WeightAverage(plain.student, cfg.ema_decay) if cfg.ema_decay is not None else None
     saved_too = {"weight_average": average} if average is not None else {}
     state = LoopState.restored(resume(accelerator, out, cfg.resume, settings, saved_too))
     evaluation = None if eval_loader is None else Evaluation(

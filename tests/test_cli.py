@@ -182,6 +182,8 @@ def test_stage_identity_has_the_launchers_precision_not_the_bookkeeping(monkeypa
     assert plain != identity(mixed_precision=None, grad_accum=None, metric_for_best="macro_f1")
     assert plain == identity(mixed_precision=None, grad_accum=None, freeze_word_embeddings=False)
     assert plain != identity(mixed_precision=None, grad_accum=None, freeze_word_embeddings=True)
+    assert plain == identity(mixed_precision=None, grad_accum=None, ema_decay=None)
+    assert plain != identity(mixed_precision=None, grad_accum=None, ema_decay=0.999)
     augment = {"n": 8, "p": 0.4}  # data.augment.mask_share came later too: at 0 the stage is the one before it
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.0}}}) == {"data": {"augment": augment}}
     assert stage_identity({"data": {"augment": {**augment, "mask_share": 0.3}}}) != {"data": {"augment": augment}}

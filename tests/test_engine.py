@@ -409,16 +409,17 @@ def test_a_real_composite_loss_asks_the_teacher_only_for_the_maps_it_reads(tmp_p
     assert result.history[0]["train/attention"] == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("load_best_at_end", [False, True])
-def test_ema_keeps_the_moving_average_of_the_weights_every_step_reached(tmp_path, load_best_at_end):
-    """Golden: with a constant learning rate the weights after step k do not depend on the run's length, so runs
-    of 1, 2 and 3 steps give w1, w2, w3; ``trainer.ema_decay=0.6`` over 3 steps keeps e3, where e1 = w1 and
+@pytest.mark.parametrize("load_best_at_end, grad_accum", [(False, 1), (True, 1), (False, 2)])
+def test_ema_keeps_the_moving_average_of_the_weights_every_step_reached(tmp_path, load_best_at_end, grad_accum):
+    """Golden: with a constant learning rate the weights after optimizer step k do not depend on the run's length,
+    so runs of 1, 2 and 3 steps give w1, w2, w3; ``trainer.ema_decay=0.6`` over 3 steps keeps e3, where e1 = w1 and
     e_k = 0.6 e_(k-1) + 0.4 w_k. Kept by copying the average in (no validation) or from the best checkpoint (the
-    one validation at the end scored the average)."""
+    one validation at the end scored the average); with 2 batches a step, averaged once a step."""
     def run(steps, ema_decay=None, validate=False):
         teacher, student = H.models()
         train_loader, val_loader = H.loaders()
-        cfg = H.config(max_steps=steps, scheduler="constant", ema_decay=ema_decay, load_best_at_end=load_best_at_end)
+        cfg = H.config(max_steps=steps, scheduler="constant", ema_decay=ema_decay, load_best_at_end=load_best_at_end,
+                       grad_accum=grad_accum)
         out = tmp_path / f"{steps}-{ema_decay}"
         return train(cfg, student, H.KDTestLoss(), train_loader, val_loader if validate else None, out, "sequence",
                      "ab", teacher=teacher).student.state_dict()
