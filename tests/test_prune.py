@@ -190,16 +190,17 @@ def test_the_run_ranks_on_the_training_split():
     ("wnut16_compact_pruned_rel", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # ... on a token task
     ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # + frozen table
     ("wnut16_compact_pruned_proj", ["data.augment.n=2", "trainer.max_steps=3"], 2, 0.0, 3),  # + projected table
+    ("wnut16_compact_pruned_n64", ["trainer.max_steps=3"], 64, 0.0, 3),  # ... on its own 64 variants
     ("wnut16_compact_pruned_unseen", ["data.augment.n=2", "trainer.max_steps=3",  # relations at every layer
                                       "intermediate.losses.relation.layer_map=source"], 2, 0.0, 3)])
 def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recipe, overrides, n, delete_span, epochs):
-    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]`, `wnut16_compact_pruned_{n32,rel,unseen,proj}`
+    """`distill pipeline recipe=mr_compact_pruned[_n20|_rel]`, `wnut16_compact_pruned_{n32,rel,unseen,proj,n64}`
     (tiny teacher, a student shaped for it): the KD student and its no-KD twin both start pruned from the fine-tuned
     teacher, at the same shape; the n20 recipe keeps its 20 variants, span deletion and 4 epochs, and its twin
-    trains the KD stages' steps (the relation stage of the rel, unseen and proj recipes, 2 epochs, counted); the
-    unseen recipe replaces entity words and freezes the word embeddings in both its stages and in the twin, the
-    proj recipe projects them there instead; `layer_map=source` pairs each relation layer with the teacher layer
-    it was pruned from (the recipes: the last layers only)."""
+    trains the KD stages' steps (the relation stage of the rel, unseen, proj and n64 recipes, 2 epochs, counted);
+    the unseen recipe replaces entity words and freezes the word embeddings in both its stages and in the twin, the
+    proj and n64 recipes project them there instead (n64 keeps its 64 variants); `layer_map=source` pairs each
+    relation layer with the teacher layer it was pruned from (the recipes: the last layers only)."""
     from omegaconf import OmegaConf
 
     from tests.test_augment import TINY_MLM_RECIPE_N, _cli
@@ -213,7 +214,7 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     dirs = {k: Path(v) for k, v in json.loads((tmp_path / "run" / "pipeline.json").read_text()).items()}
     kd = OmegaConf.load(dirs["distill"] / "stage.yaml")
     assert (kd.data.augment.n, kd.data.augment.delete_span, kd.trainer.epochs) == (n, delete_span, epochs)
-    relations = recipe.endswith(("_rel", "_unseen", "_proj"))  # a relation stage first
+    relations = recipe.endswith(("_rel", "_unseen", "_proj", "_n64"))  # a relation stage first
     kd_stages = ["intermediate", "distill"] if relations else ["distill"]
     assert set(kd_stages) <= set(dirs)
     if relations:  # relations only, two epochs, then the KD stage starts from its student
@@ -224,7 +225,8 @@ def test_pipeline_recipe_mr_compact_pruned_as_the_readme_runs_it(tmp_path, recip
     assert json.loads((dirs["baseline"] / "metrics.json").read_text())["steps"] == kd_steps
     if relations:
         assert kd_steps == 6  # trainer.max_steps=3 in each stage, the twin 3 + 3
-    unseen, projected = recipe.endswith(("_unseen", "_proj")), recipe.endswith("_proj")  # entity words replaced;
+    projected = recipe.endswith(("_proj", "_n64"))
+    unseen = projected or recipe.endswith("_unseen")  # entity words replaced;
     table = {name: tuple(OmegaConf.load(dirs[name] / "stage.yaml").trainer.get(key, False)  # frozen or projected
                          for key in ("freeze_word_embeddings", "project_word_embeddings"))
              for name in [*kd_stages, "baseline"]}  # in both stages and the twin
