@@ -176,6 +176,12 @@ def _pipeline(cfg, out_dir):
 
 
 PATH_KEYS = ("run", "model", "teacher", "students", "baseline", "out", "data", "input", "output")
+KEYS = {  # each command's keys (data.* too where it takes data=): anything else is a typo, not a default
+    "compare": ("run", "teacher", "students", "baseline", "data", "out", "split", "threads", "max_length",
+                "teacher_onnx"),
+    "export": ("run", "model", "out", "data", "formats", "trim_vocab", "max_length", "optimize", "vocab_size"),
+    "predict": ("model", "input", "output", "text_column", "max_length", "batch_size"),
+}
 
 
 def _kv(args: list[str], command: str) -> dict[str, object]:
@@ -191,6 +197,9 @@ def _kv(args: list[str], command: str) -> dict[str, object]:
         key, sep, raw = arg.partition("=")
         if not sep or not key:
             raise DistillError(f"argument {arg!r} is not key=value; see `distill {command} --help`")
+        if key not in KEYS[command] and not (key.startswith("data.") and "data" in KEYS[command]):
+            takes = " ".join(f"{k}=" for k in KEYS[command]) + (" data.*" if "data" in KEYS[command] else "")
+            raise DistillError(f"unknown key {key!r}; distill {command} takes {takes}")
         if key.startswith("data."):
             out[key] = arg
         elif key in PATH_KEYS:
@@ -324,10 +333,9 @@ def predict_cmd(args: list[str]) -> None:
     from distill.predict import predict_file
 
     kv = _kv(args, "predict")
-    unknown = sorted(set(kv) - {"model", "input", "output", "text_column", "max_length", "batch_size"})
-    if unknown or "model" not in kv or "input" not in kv:
-        raise DistillError(f"{'unknown key ' + repr(unknown[0]) + '; ' if unknown else ''}predict takes model=DIR "
-                           "(or FILE.onnx) input=FILE (or - for stdin) [output= text_column= max_length= batch_size=]")
+    if "model" not in kv or "input" not in kv:
+        raise DistillError("predict takes model=DIR (or FILE.onnx) input=FILE (or - for stdin) "
+                           "[output= text_column= max_length= batch_size=]")
     model, max_length = Path(str(kv["model"])).expanduser(), 128  # a student dir or .onnx file: 128 unless given
     if not (model / "config.json").is_file() and (model / ".hydra" / "config.yaml").is_file():  # a run dir
         models, _, cfg = _run_models(model)

@@ -315,6 +315,13 @@ def test_a_run_composes_its_config_once(tmp_path, monkeypatch):
     (["pipeline", "recipe=auto", "target.min_retention=99"], ["target.min_retention=99", "e.g. 0.99"]),
     (["pipeline", "recipe=auto", "target.max_latency_ms=-1"], ["target.max_latency_ms=-1.0 must be a positive number"]),
     (["pipeline", "trainer.metric_for_best=f1"], ["trainer.metric_for_best='f1' is no validation metric", "macro_f1"]),
+    # compare and export name a mistyped key instead of running with its default (hydra.run.dir is `distill
+    # train`'s; compare writes to out=)
+    (["compare", "teacher=t", "students=[s]", "data=mr", "hydra.run.dir=x"],
+     ["unknown key 'hydra.run.dir'; distill compare takes run= teacher= students=", "out="]),
+    (["compare", "teacher=t", "students=[s]", "data=mr", "treads=1"], ["unknown key 'treads'", "threads="]),
+    (["export", "model=m", "trim_vocabs=true"], ["unknown key 'trim_vocabs'", "trim_vocab=", "data.*"]),
+    (["predict", "model=m", "input=i", "data.x=1"], ["unknown key 'data.x'; distill predict takes model="]),
     (["train", "data=files", "data.train_file=x.csv", "data.task=token", "trainer.metric_for_best=accuracy"],
      ["trainer.metric_for_best='accuracy' is not a validation metric of a token task", "entity_f1"]),
 ])
@@ -585,10 +592,12 @@ def test_compare_and_export_keep_paths_as_written():
     text; other keys take Hydra's grammar, as `distill train` does."""
     from distill.cli import _kv
 
-    kv = _kv(["run=outputs/lr=1e-4,epochs=2", "students=[runs/a (copy), ~/b]", "out=2026", "formats=[hf,onnx]",
-              "threads=2", "trim_vocab=true", "data.limit=32"], "export")
+    kv = _kv(["run=outputs/lr=1e-4,epochs=2", "students=[runs/a (copy), ~/b]", "out=2026", "threads=2",
+              "data.limit=32"], "compare")
     assert kv == {"run": "outputs/lr=1e-4,epochs=2", "students": ["runs/a (copy)", "~/b"], "out": "2026",
-                  "formats": ["hf", "onnx"], "threads": 2, "trim_vocab": True, "data.limit": "data.limit=32"}
+                  "threads": 2, "data.limit": "data.limit=32"}
+    assert _kv(["formats=[hf,onnx]", "trim_vocab=true", "out=2026"], "export") == {
+        "formats": ["hf", "onnx"], "trim_vocab": True, "out": "2026"}
     with pytest.raises(DistillError, match=r"cannot parse 'formats=\[hf'.*distill export --help"):
         _kv(["formats=[hf"], "export")
 
