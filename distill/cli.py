@@ -188,7 +188,7 @@ def _kv(args: list[str], command: str) -> dict[str, object]:
     """``key=value`` args. Paths (PATH_KEYS) are kept as written — ``run=outputs/lr=1e-4,epochs=2``,
     ``run=2026``, ``~/runs/x`` — and ``[a,b]`` is a list of them; ``data.*`` keys are kept whole (for
     composing the data node); any other value is read with Hydra's override grammar, as `distill train`
-    reads it (``[hf,onnx]`` a list, ``true`` a bool, ``64`` an int)."""
+    reads it (``[hf,onnx]`` a list, ``true`` a bool, ``64`` an int). A key outside ``KEYS[command]`` is refused."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
